@@ -1,0 +1,1 @@
+"""Repository-level conftest: puts the repository root on sys.path (for ``fixtures``)."""

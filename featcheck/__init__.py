@@ -1,0 +1,44 @@
+"""featcheck: inspect PyTorch models from inside, in pytest.
+
+Importing ``featcheck`` is cheap: torch and the engine load on first use of a public name,
+because the pytest plugin (``featcheck.plugin``) is loaded by every pytest run in an
+environment, also by runs that never touch a model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._errors import LayerNotFoundError
+
+__all__ = [
+    "Capture",
+    "LayerCapture",
+    "LayerNotFoundError",
+    "capture",
+    "watch",
+]
+
+_LAZY = {
+    "Capture": "._capture",
+    "LayerCapture": "._capture",
+    "capture": "._capture",
+    "watch": "._capture",
+}
+
+if TYPE_CHECKING:
+    from ._capture import Capture, LayerCapture, capture, watch
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'featcheck' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

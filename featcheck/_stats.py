@@ -1,0 +1,241 @@
+"""Per-channel statistics, reduced inside the forward hook.
+
+A hook sees the module's real output tensor, which a later in-place op (``ReLU(inplace=True)``,
+``out += identity``) may overwrite. So everything is reduced right there, on the tensor's own
+device, to a ``[ROWS, C]`` float64 block (see ``ROWS``); only that block outlives the hook.
+
+Cost matters: this runs for every hooked layer of every forward. On the CPU the fast path
+reduces a contiguous ``[A, C, B]`` view with four vectorised reductions (``amin``, ``amax``,
+``sum`` and ``vector_norm`` for the sum of squares; ``var_mean`` and ``x * x`` are several times
+slower). The zero count is derived where the range allows (a channel whose min is above zero or
+whose max is below has none; a constant channel is all zeros or none) and counted, as the sum of
+``sign(x) ** 2``, only where it is not. The fast path falls back to the exact, slower robust path
+for a tensor with non-finite values (so the other statistics stay meaningful) or with a channel
+whose variance is too small next to its mean for sum-of-squares arithmetic to be trusted.
+On CUDA the robust path always runs: its extra kernels are cheap there, and deciding to fall back
+would need a device-to-host synchronisation per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+# Rows of the per-call block: finite count, mean, M2 (sum of squared deviations), min, max,
+# zero count, non-finite count, values at the lower bound, values at the upper bound.
+ROWS = ("n", "mean", "m2", "min", "max", "zeros", "nonfinite", "at_lower", "at_upper")
+_N, _MEAN, _M2, _MIN, _MAX, _ZEROS, _NONFINITE, _LO, _HI = range(len(ROWS))
+
+# Below this ratio of variance to mean square the float32 sum of squares loses too many digits.
+_ILL_CONDITIONED = 1e-2
+
+
+def _view3(x: torch.Tensor, cdim: int | None) -> torch.Tensor:
+    """``x`` as ``[A, C, B]`` with channels in the middle, without a copy when the layout allows."""
+    if cdim is None:
+        return x.reshape(-1, 1, 1)
+    c = x.shape[cdim]
+    if x.is_contiguous():
+        return x.view(-1, c, math.prod(x.shape[cdim + 1 :]))
+    moved = x.movedim(cdim, -1)  # channels_last memory format and permuted views land here
+    if moved.is_contiguous():
+        return moved.view(-1, c, 1)
+    return x.contiguous().view(-1, c, math.prod(x.shape[cdim + 1 :]))
+
+
+def _rows(v: torch.Tensor, op: str) -> np.ndarray:
+    """Reduce ``[A, C, B]`` over B with one vectorised torch kernel; returns ``[A, C]`` float64.
+
+    The second stage (over A) runs in numpy: on arrays this small a numpy call costs a
+    fraction of a torch call, and there are several per layer.
+    """
+    if v.shape[2] == 1:
+        r = v[:, :, 0]
+        if op == "sumsq":
+            r = r.float().square()
+    elif op == "min":
+        r = v.amin(2)
+    elif op == "max":
+        r = v.amax(2)
+    elif op == "sum":
+        r = v.sum(2, dtype=torch.float32)
+    elif op == "sumsq":
+        r = torch.linalg.vector_norm(v, 2, 2, dtype=torch.float32)
+    else:
+        raise AssertionError(op)
+    a = r.float().numpy().astype(np.float64)
+    return a * a if op == "sumsq" and v.shape[2] > 1 else a
+
+
+class Scratch:
+    """A reusable CPU buffer for the one elementwise op of the fast path.
+
+    A fresh tensor of an activation's size costs a page fault per 4 KiB on first touch, which
+    measured here as much as the ``sign`` itself.
+    """
+
+    def __init__(self) -> None:
+        self._buf = torch.empty(0)
+
+    def like(self, v: torch.Tensor) -> torch.Tensor:
+        if self._buf.numel() < v.numel() or self._buf.dtype != v.dtype:
+            self._buf = torch.empty(v.numel(), dtype=v.dtype)
+        return self._buf[: v.numel()].view(v.shape)
+
+
+def _count_nonzero(v: torch.Tensor, scratch: Scratch | None) -> np.ndarray:
+    """Per channel, how many values are not zero: the sum of ``sign(x) ** 2``, exact."""
+    s = torch.sign(v) if scratch is None else torch.sign(v, out=scratch.like(v))
+    if v.shape[2] > 1:
+        r = torch.linalg.vector_norm(s, 2, 2, dtype=torch.float32).numpy().astype(np.float64)
+        return np.round(r * r).sum(0)
+    return np.abs(s[:, :, 0].float().numpy()).sum(0, dtype=np.float64)
+
+
+def _bound_counts(
+    v: torch.Tensor, bounds: tuple[float, float], tol: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel, how many values lie within ``tol * (high - low)`` of each bound."""
+    lo, hi = bounds
+    eps = tol * (hi - lo)
+    return (
+        (v <= lo + eps).sum((0, 2), dtype=torch.float64),
+        (v >= hi - eps).sum((0, 2), dtype=torch.float64),
+    )
+
+
+def reduce_robust(
+    x: torch.Tensor, cdim: int | None, bounds: tuple[float, float] | None = None, tol: float = 0.0
+) -> torch.Tensor:
+    """Exact statistics with non-finite values counted and left out of the others."""
+    v = _view3(x, cdim).float()
+    fin = torch.isfinite(v)
+    n = fin.sum((0, 2), dtype=torch.float64)
+    out = torch.zeros(len(ROWS), v.shape[1], dtype=torch.float64, device=v.device)
+    out[_N] = n
+    out[_NONFINITE] = (v.shape[0] * v.shape[2]) - n
+    inf = torch.tensor(float("inf"), device=v.device)
+    out[_MIN] = torch.where(fin, v, inf).amin((0, 2)).double()
+    out[_MAX] = torch.where(fin, v, -inf).amax((0, 2)).double()
+    finite = torch.where(fin, v, 0.0)
+    mean = finite.sum((0, 2), dtype=torch.float64) / n.clamp_min(1)
+    out[_MEAN] = mean
+    dev = torch.where(fin, v - mean.view(1, -1, 1).float(), 0.0)
+    out[_M2] = dev.square().sum((0, 2), dtype=torch.float64)
+    out[_ZEROS] = (v == 0).sum((0, 2), dtype=torch.float64)
+    if bounds is not None:
+        out[_LO], out[_HI] = _bound_counts(v, bounds, tol)  # NaN compares false: not counted
+    return out
+
+
+def reduce_fast(
+    x: torch.Tensor,
+    cdim: int | None,
+    bounds: tuple[float, float] | None = None,
+    tol: float = 0.0,
+    scratch: Scratch | None = None,
+) -> np.ndarray | torch.Tensor:
+    """The CPU fast path; falls back to :func:`reduce_robust` where it cannot be exact."""
+    v = _view3(x, cdim)
+    s = _rows(v, "sum").sum(0)
+    if not np.isfinite(s).all():
+        return reduce_robust(x, cdim, bounds, tol)
+    mn = _rows(v, "min").min(0)
+    mx = _rows(v, "max").max(0)
+    sq = _rows(v, "sumsq").sum(0)
+    count = float(v.shape[0] * v.shape[2])
+    mean = s / count
+    meansq = sq / count
+    var = meansq - mean * mean
+    constant = mn == mx
+    if ((var < _ILL_CONDITIONED * meansq) & ~constant).any():
+        return reduce_robust(x, cdim, bounds, tol)
+    out = np.zeros((len(ROWS), v.shape[1]))
+    out[_N] = count
+    out[_MEAN] = mean
+    out[_M2] = np.where(constant, 0.0, np.maximum(var, 0.0) * count)
+    out[_MIN] = mn
+    out[_MAX] = mx
+    zeros = np.where(constant & (mn == 0), count, 0.0)
+    undecided = ~constant & (mn <= 0) & (mx >= 0)
+    if undecided.any():
+        zeros = np.where(undecided, count - _count_nonzero(v, scratch), zeros)
+    out[_ZEROS] = zeros
+    if bounds is not None:
+        lo, hi = _bound_counts(v, bounds, tol)
+        out[_LO], out[_HI] = lo.numpy(), hi.numpy()
+    return out
+
+
+def reduce(
+    x: torch.Tensor,
+    cdim: int | None,
+    bounds: tuple[float, float] | None = None,
+    tol: float = 0.0,
+    scratch: Scratch | None = None,
+) -> np.ndarray | torch.Tensor:
+    """A ``[len(ROWS), C]`` float64 block: numpy on the CPU, a device tensor elsewhere."""
+    if x.device.type == "cpu":
+        return reduce_fast(x, cdim, bounds, tol, scratch)
+    return reduce_robust(x, cdim, bounds, tol)
+
+
+@dataclass
+class Accumulator:
+    """Merges per-call blocks on the host (Chan et al.'s parallel variance update)."""
+
+    channels: int
+    n: np.ndarray = field(init=False)
+    mean: np.ndarray = field(init=False)
+    m2: np.ndarray = field(init=False)
+    min: np.ndarray = field(init=False)
+    max: np.ndarray = field(init=False)
+    zeros: np.ndarray = field(init=False)
+    nonfinite: np.ndarray = field(init=False)
+    at_lower: np.ndarray = field(init=False)
+    at_upper: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        c = self.channels
+        for name in ("n", "mean", "m2", "zeros", "nonfinite", "at_lower", "at_upper"):
+            setattr(self, name, np.zeros(c))
+        self.min = np.full(c, np.inf)
+        self.max = np.full(c, -np.inf)
+
+    def add(self, block: np.ndarray) -> None:
+        nb = block[_N]
+        n = self.n + nb
+        delta = block[_MEAN] - self.mean
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w = np.where(n > 0, nb / np.where(n > 0, n, 1), 0.0)
+            self.mean = self.mean + delta * w
+            self.m2 = self.m2 + block[_M2] + delta * delta * self.n * w
+        self.n = n
+        self.min = np.minimum(self.min, block[_MIN])
+        self.max = np.maximum(self.max, block[_MAX])
+        self.zeros += block[_ZEROS]
+        self.nonfinite += block[_NONFINITE]
+        self.at_lower += block[_LO]
+        self.at_upper += block[_HI]
+
+    def stats(self) -> dict[str, np.ndarray]:
+        total = self.n + self.nonfinite
+        seen = self.n > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = {
+                "min": np.where(seen, self.min, np.nan),
+                "max": np.where(seen, self.max, np.nan),
+                "mean": np.where(seen, self.mean, np.nan),
+                "std": np.where(seen, np.sqrt(np.maximum(self.m2, 0.0) / self.n), np.nan),
+                "zero_fraction": np.where(total > 0, self.zeros / total, np.nan),
+                "nonfinite": self.nonfinite.astype(np.int64),
+                "count": (self.n + self.nonfinite).astype(np.int64),
+                "lower_fraction": np.where(total > 0, self.at_lower / total, np.nan),
+                "upper_fraction": np.where(total > 0, self.at_upper / total, np.nan),
+            }
+        for a in out.values():
+            a.setflags(write=False)
+        return out

@@ -1,0 +1,80 @@
+"""The pytest side, through pytester (inner runs that touch torch run in a subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def test_plugin_and_package_import_without_torch() -> None:
+    code = (
+        "import sys, featcheck, featcheck.plugin; "
+        "assert 'torch' not in sys.modules, 'torch was imported'; "
+        "featcheck.LayerNotFoundError; assert 'torch' not in sys.modules; "
+        "featcheck.capture; assert 'torch' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_test_run_that_touches_no_model_never_imports_torch(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import sys
+        def test_plain(request):
+            assert request.config.pluginmanager.hasplugin("featcheck")
+            assert "torch" not in sys.modules
+        """
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_registered_through_the_entry_point(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--help")
+    result.stdout.fnmatch_lines(["*featcheck*", "*--featcheck *", "*--featcheck-dir=DIR*", "*featcheck_dir*"])
+
+
+def test_fixture_captures_and_remembers(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import torch
+        def test_capture(featcheck):
+            model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.ReLU())
+            cap = featcheck.capture(model, torch.randn(2, 3, 9, 9), layers=torch.nn.Conv2d)
+            assert cap.names == ["0"] and cap["0"].stride == (9 / 4, 9 / 4)
+            with featcheck.watch(model) as w:
+                model(torch.randn(1, 3, 9, 9))
+            assert featcheck.captures == [cap, w] and w.names == ["0", "1"]
+            assert featcheck.enabled is False and featcheck.report_dir == "featcheck-report"
+
+        def test_unknown_layer(featcheck):
+            model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+            featcheck.capture(model, torch.randn(1, 3, 5, 5), layers="1")
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*LayerNotFoundError: layer '1' matches nothing*names include '0'*"])
+
+
+@pytest.mark.parametrize(
+    "ini,args,enabled,folder",
+    [
+        ("", [], False, "featcheck-report"),
+        ("featcheck = true\nfeatcheck_dir = from-ini", [], True, "from-ini"),
+        ("featcheck = false\nfeatcheck_dir = from-ini", ["--featcheck", "--featcheck-dir=cli"], True, "cli"),
+    ],
+)
+def test_options_are_ini_keys_and_the_command_line_wins(
+    pytester: pytest.Pytester, ini: str, args: list[str], enabled: bool, folder: str
+) -> None:
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    pytester.makepyfile(
+        f"""
+        def test_options(featcheck):
+            assert featcheck.enabled is {enabled}
+            assert featcheck.report_dir == {folder!r}
+        """
+    )
+    pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
