@@ -16,6 +16,12 @@ __all__ = [
     "Capture",
     "LayerCapture",
     "LayerNotFoundError",
+    "assert_finite",
+    "assert_no_dead_channels",
+    "assert_not_saturated",
+    "assert_shapes",
+    "assert_strides",
+    "calibrate_batchnorm",
     "capture",
     "watch",
 ]
@@ -25,10 +31,24 @@ _LAZY = {
     "LayerCapture": "._capture",
     "capture": "._capture",
     "watch": "._capture",
+    "assert_finite": "._checks",
+    "assert_no_dead_channels": "._checks",
+    "assert_not_saturated": "._checks",
+    "assert_shapes": "._checks",
+    "assert_strides": "._checks",
+    "calibrate_batchnorm": "._calibrate",
 }
 
 if TYPE_CHECKING:
+    from ._calibrate import calibrate_batchnorm
     from ._capture import Capture, LayerCapture, capture, watch
+    from ._checks import (
+        assert_finite,
+        assert_no_dead_channels,
+        assert_not_saturated,
+        assert_shapes,
+        assert_strides,
+    )
 
 
 def __getattr__(name: str) -> Any:

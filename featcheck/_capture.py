@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _layout, _selection, _stats
+from . import _config, _layout, _selection, _stats
 
 __all__ = ["Capture", "LayerCapture", "capture", "watch"]
 
@@ -59,7 +59,6 @@ class LayerCapture:
         input_size: spatial size of the model input of the last forward (``None`` if unknown).
         samples: how many samples (batch entries) the statistics cover.
         forwards: how many calls the statistics cover.
-        params: number of parameters of the module.
         bounds: output bounds used for saturation counts, or ``None``.
         sample: first sample of the first call, on the CPU, float32, channels first
             (``[C, *spatial]``); ``None`` if capture was asked not to keep samples.
@@ -86,7 +85,7 @@ class LayerCapture:
         self.key = key
         self.channel_dim = channel_dim
         self.channels = channels
-        self.params = sum(p.numel() for p in module.parameters())
+        self._params: int | None = None
         self.bounds = bounds
         self.shape: tuple[int, ...] = ()
         self.dtype = ""
@@ -98,6 +97,15 @@ class LayerCapture:
         self.sample_step: tuple[int, ...] = ()
         self._acc = _stats.Accumulator(channels)
         self._stats: dict[str, np.ndarray] | None = None
+
+    @property
+    def params(self) -> int | None:
+        """Number of parameters of the module (``None`` once the model is gone)."""
+        if self._params is None:
+            module = self._module()
+            if module is not None:
+                self._params = sum(p.numel() for p in module.parameters())
+        return self._params
 
     @property
     def module(self) -> nn.Module | None:
@@ -127,6 +135,19 @@ class LayerCapture:
                 del stats["lower_fraction"], stats["upper_fraction"]
             self._stats = stats
         return self._stats
+
+    def dead_channels(self, tolerance: float | None = None) -> list[int]:
+        """Indices of channels that never varied; see :func:`featcheck.assert_no_dead_channels`."""
+        from ._checks import dead_channels
+
+        return dead_channels(self, tolerance)
+
+    def saturated_channels(self, fraction: float | None = None) -> list[int]:
+        """Indices of channels with ``fraction`` of values at a bound; see
+        :func:`featcheck.assert_not_saturated`."""
+        from ._checks import saturated_channels
+
+        return saturated_channels(self, fraction)
 
     def _add(self, block: np.ndarray) -> None:
         self._acc.add(block)
@@ -193,6 +214,23 @@ def _module_bounds(module: nn.Module) -> tuple[float, float] | None:
     if isinstance(module, nn.Hardtanh):
         return (float(module.min_val), float(module.max_val))
     return None
+
+
+def default_batchnorm(model: nn.Module) -> list[str]:
+    """BatchNorm layers in eval mode that still hold their initial running statistics."""
+    out = []
+    for name, m in model.named_modules():
+        if (
+            isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and not m.training
+            and m.running_mean is not None
+            and m.running_var is not None
+            and (m.num_batches_tracked is None or int(m.num_batches_tracked) == 0)
+            and not bool(m.running_mean.any())
+            and bool((m.running_var == 1).all())
+        ):
+            out.append(name)
+    return out
 
 
 def unwrap(model: Any) -> tuple[nn.Module, str]:
@@ -272,7 +310,7 @@ class _Recorder:
         *,
         channel_dim: Any = None,
         bounds: Mapping[str, tuple[float, float]] | None = None,
-        saturation_tol: float = 1e-3,
+        saturation_tol: float | None = None,
         keep_samples: bool = True,
     ) -> None:
         self.root = root
@@ -280,9 +318,10 @@ class _Recorder:
         self.records: dict[str, LayerCapture] = {}
         self.output: Any = None
         self.forwards = 0
+        self.default_batchnorm: list[str] = []
         self._override = _channel_dim_override(channel_dim)
         self._bounds = dict(bounds or {})
-        self._tol = float(saturation_tol)
+        self._tol = _config.get("saturation_tolerance", saturation_tol)
         self._keep_samples = keep_samples
         self._calls: dict[str, int] = {}
         self._pending: list[tuple[LayerCapture, np.ndarray | torch.Tensor]] = []
@@ -322,6 +361,8 @@ class _Recorder:
         self._tags.clear()
 
     def _start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.forwards == 0:
+            self.default_batchnorm = default_batchnorm(self.root)
         self._calls.clear()
         self._tags.clear()
         self._input_size = _spatial_size(args, kwargs)
@@ -343,7 +384,7 @@ class _Recorder:
                 k = self._calls.get(name, 0) + 1
                 self._calls[name] = k
                 base = name if k == 1 else f"{name}:{k}"
-                for key, t in _flatten(out):
+                for key, t in (("", out),) if isinstance(out, torch.Tensor) else _flatten(out):
                     rname = base + key
                     cdim = self._override(rname, name)
                     if cdim is None:
@@ -467,6 +508,12 @@ class Capture(Mapping[str, LayerCapture]):
         """How many forward passes of the model the capture has seen."""
         return self._rec.forwards
 
+    @property
+    def default_batchnorm(self) -> list[str]:
+        """BatchNorm layers that ran in eval mode with their initial running statistics (mean 0,
+        var 1) during the first forward: dead and saturation verdicts on them are suspect."""
+        return list(self._rec.default_batchnorm)
+
     def select(self, layers: Any = None) -> list[LayerCapture]:
         """The records chosen by ``layers`` (same selectors as capture; a module name selects
         every call and output key of that module)."""
@@ -487,10 +534,10 @@ class Capture(Mapping[str, LayerCapture]):
         return f"<Capture of {self.model_name}: {len(self)} layers, {self.forwards} forward(s)>"
 
 
-def _check_args(layers: Any, saturation_tol: float) -> None:
+def _check_args(layers: Any, saturation_tol: float | None) -> None:
     if layers is not None:
         _selection._flatten_selectors(layers)
-    if not 0 <= saturation_tol < 0.5:
+    if saturation_tol is not None and not 0 <= saturation_tol < 0.5:
         raise ValueError(f"saturation_tol must be in [0, 0.5), got {saturation_tol!r}")
 
 
@@ -502,7 +549,7 @@ def capture(
     grad: bool = False,
     channel_dim: int | Mapping[str, int] | None = None,
     bounds: Mapping[str, tuple[float, float]] | None = None,
-    saturation_tol: float = 1e-3,
+    saturation_tol: float | None = None,
     keep_samples: bool = True,
     **kwargs: Any,
 ) -> Capture:
@@ -526,7 +573,8 @@ def capture(
             it is decided per layer (see ``featcheck._layout``).
         bounds: ``{name or pattern: (low, high)}`` output bounds for saturation counts, on top
             of the bounds of Sigmoid, Tanh, Hardtanh, ReLU6 and Hardsigmoid.
-        saturation_tol: a value counts as at a bound within ``saturation_tol * (high - low)``.
+        saturation_tol: a value counts as at a bound within ``saturation_tol * (high - low)``
+            (ini ``featcheck_saturation_tolerance``, default 1e-3).
         keep_samples: keep the first sample of each layer for rendering.
 
     Returns:
@@ -571,7 +619,7 @@ def watch(
     *,
     channel_dim: int | Mapping[str, int] | None = None,
     bounds: Mapping[str, tuple[float, float]] | None = None,
-    saturation_tol: float = 1e-3,
+    saturation_tol: float | None = None,
     keep_samples: bool = True,
 ) -> Iterator[Capture]:
     """Hook the selected layers for any number of forward passes; statistics accumulate.

@@ -19,8 +19,6 @@ would need a device-to-host synchronisation per layer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 
@@ -183,59 +181,44 @@ def reduce(
     return reduce_robust(x, cdim, bounds, tol)
 
 
-@dataclass
 class Accumulator:
-    """Merges per-call blocks on the host (Chan et al.'s parallel variance update)."""
+    """Merges per-call blocks on the host (Chan et al.'s parallel variance update, float64)."""
 
-    channels: int
-    n: np.ndarray = field(init=False)
-    mean: np.ndarray = field(init=False)
-    m2: np.ndarray = field(init=False)
-    min: np.ndarray = field(init=False)
-    max: np.ndarray = field(init=False)
-    zeros: np.ndarray = field(init=False)
-    nonfinite: np.ndarray = field(init=False)
-    at_lower: np.ndarray = field(init=False)
-    at_upper: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        c = self.channels
-        for name in ("n", "mean", "m2", "zeros", "nonfinite", "at_lower", "at_upper"):
-            setattr(self, name, np.zeros(c))
-        self.min = np.full(c, np.inf)
-        self.max = np.full(c, -np.inf)
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+        self.block: np.ndarray | None = None
 
     def add(self, block: np.ndarray) -> None:
-        nb = block[_N]
-        n = self.n + nb
-        delta = block[_MEAN] - self.mean
-        with np.errstate(invalid="ignore", divide="ignore"):
-            w = np.where(n > 0, nb / np.where(n > 0, n, 1), 0.0)
-            self.mean = self.mean + delta * w
-            self.m2 = self.m2 + block[_M2] + delta * delta * self.n * w
-        self.n = n
-        self.min = np.minimum(self.min, block[_MIN])
-        self.max = np.maximum(self.max, block[_MAX])
-        self.zeros += block[_ZEROS]
-        self.nonfinite += block[_NONFINITE]
-        self.at_lower += block[_LO]
-        self.at_upper += block[_HI]
+        if self.block is None:
+            self.block = np.array(block, dtype=np.float64)
+            return
+        a, b = self.block, block
+        n = a[_N] + b[_N]
+        delta = b[_MEAN] - a[_MEAN]
+        w = np.divide(b[_N], n, out=np.zeros_like(n), where=n > 0)
+        a[_M2] += b[_M2] + delta * delta * a[_N] * w
+        a[_MEAN] += delta * w
+        a[_N] = n
+        np.minimum(a[_MIN], b[_MIN], out=a[_MIN])
+        np.maximum(a[_MAX], b[_MAX], out=a[_MAX])
+        a[_ZEROS:] += b[_ZEROS:]
 
     def stats(self) -> dict[str, np.ndarray]:
-        total = self.n + self.nonfinite
-        seen = self.n > 0
+        a = self.block if self.block is not None else np.zeros((len(ROWS), self.channels))
+        n, total = a[_N], a[_N] + a[_NONFINITE]
+        seen = n > 0
         with np.errstate(invalid="ignore", divide="ignore"):
             out = {
-                "min": np.where(seen, self.min, np.nan),
-                "max": np.where(seen, self.max, np.nan),
-                "mean": np.where(seen, self.mean, np.nan),
-                "std": np.where(seen, np.sqrt(np.maximum(self.m2, 0.0) / self.n), np.nan),
-                "zero_fraction": np.where(total > 0, self.zeros / total, np.nan),
-                "nonfinite": self.nonfinite.astype(np.int64),
-                "count": (self.n + self.nonfinite).astype(np.int64),
-                "lower_fraction": np.where(total > 0, self.at_lower / total, np.nan),
-                "upper_fraction": np.where(total > 0, self.at_upper / total, np.nan),
+                "min": np.where(seen, a[_MIN], np.nan),
+                "max": np.where(seen, a[_MAX], np.nan),
+                "mean": np.where(seen, a[_MEAN], np.nan),
+                "std": np.where(seen, np.sqrt(np.maximum(a[_M2], 0.0) / n), np.nan),
+                "zero_fraction": np.where(total > 0, a[_ZEROS] / total, np.nan),
+                "nonfinite": a[_NONFINITE].astype(np.int64),
+                "count": total.astype(np.int64),
+                "lower_fraction": np.where(total > 0, a[_LO] / total, np.nan),
+                "upper_fraction": np.where(total > 0, a[_HI] / total, np.nan),
             }
-        for a in out.values():
-            a.setflags(write=False)
+        for v in out.values():
+            v.setflags(write=False)
         return out

@@ -13,6 +13,8 @@ import pytest
 if TYPE_CHECKING:
     from ._fixture import FeatcheckFixture
 
+_THRESHOLDS_BEFORE = pytest.StashKey[dict]()
+
 _OPTIONS = (
     # (name, ini type, default, help)
     ("featcheck", "bool", False, "render pictures of captured layers and attach them to reports"),
@@ -21,6 +23,8 @@ _OPTIONS = (
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from . import _config
+
     group = parser.getgroup("featcheck", "featcheck: inspect PyTorch models from inside")
     for name, kind, default, help_ in _OPTIONS:
         flag = "--" + name.replace("_", "-")
@@ -29,6 +33,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         else:
             group.addoption(flag, action="store", default=None, dest=name, metavar="DIR", help=help_)
         parser.addini(name, f"{help_} (command line {flag} wins)", type=kind, default=default)
+    for key, (default, help_) in _config.THRESHOLDS.items():
+        parser.addini(f"featcheck_{key}", f"{help_} (default {default:g})", type="string", default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from . import _config
+
+    values = {}
+    for key in _config.THRESHOLDS:
+        raw = config.getini(f"featcheck_{key}")
+        if raw:
+            try:
+                values[key] = float(raw)
+            except ValueError:
+                raise pytest.UsageError(
+                    f"ini key featcheck_{key} must be a number, got {raw!r}"
+                ) from None
+    config.stash[_THRESHOLDS_BEFORE] = _config.set_from(values)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from . import _config
+
+    before = config.stash.get(_THRESHOLDS_BEFORE, None)
+    if before is not None:
+        _config.set_from(before)
 
 
 def option(config: pytest.Config, name: str) -> object:

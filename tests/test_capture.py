@@ -362,6 +362,7 @@ def test_distributed_data_parallel_wrapper_inspects_the_module(tmp_path) -> None
         dist.destroy_process_group()
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_torchscript_is_refused_clearly() -> None:
     scripted = torch.jit.script(models.TinyCNN())
     with pytest.raises(TypeError, match="TorchScript"):

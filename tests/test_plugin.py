@@ -78,3 +78,44 @@ def test_options_are_ini_keys_and_the_command_line_wins(
         """
     )
     pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_failed_check_points_at_the_test_line_and_ini_thresholds_apply(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pytester.makeini("[pytest]\nfeatcheck_max_dead_fraction = 0.25\n")
+    pytester.makepyfile(
+        test_dead="""
+        import featcheck
+        from fixtures import defects
+
+        def test_dead():
+            cap = featcheck.capture(defects.make("zeroed_filters", True), defects.batch())
+            featcheck.assert_no_dead_channels(cap, layers="conv2")  # 2 of 8: the ini allows 25%
+            featcheck.assert_no_dead_channels(cap, layers="conv2", max_fraction=0.1)
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            ">*featcheck.assert_no_dead_channels(cap, layers=\"conv2\", max_fraction=0.1)",
+            "E*dead channels in 1 of 1 layer (*",
+            "E*layer*expected*measured*channels*samples",
+            "E*conv2*<= 10% dead*2/8 dead (25.0%)*[[]2, 5[]]*8",
+            "test_dead.py:7: AssertionError",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*_checks.py*")
+
+
+def test_a_bad_threshold_in_the_ini_file_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nfeatcheck_dead_tolerance = tiny\n")
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess()
+    result.stderr.fnmatch_lines(["*featcheck_dead_tolerance must be a number, got 'tiny'*"])
+    assert result.ret != 0
