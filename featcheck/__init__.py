@@ -23,6 +23,13 @@ __all__ = [
     "assert_strides",
     "calibrate_batchnorm",
     "capture",
+    "channel_grid",
+    "heatmap",
+    "kernel_grid",
+    "load_image",
+    "pca_rgb",
+    "save_channels",
+    "to_image",
     "watch",
 ]
 
@@ -37,11 +44,27 @@ _LAZY = {
     "assert_shapes": "._checks",
     "assert_strides": "._checks",
     "calibrate_batchnorm": "._calibrate",
+    "channel_grid": "._render",
+    "heatmap": "._render",
+    "kernel_grid": "._render",
+    "load_image": "._render",
+    "pca_rgb": "._render",
+    "save_channels": "._render",
+    "to_image": "._render",
 }
 
 if TYPE_CHECKING:
     from ._calibrate import calibrate_batchnorm
     from ._capture import Capture, LayerCapture, capture, watch
+    from ._render import (
+        channel_grid,
+        heatmap,
+        kernel_grid,
+        load_image,
+        pca_rgb,
+        save_channels,
+        to_image,
+    )
     from ._checks import (
         assert_finite,
         assert_no_dead_channels,

@@ -40,7 +40,9 @@ def closest_names(name: str, names: Iterable[str], n: int = 5) -> list[str]:
         if c in _GLOB_CHARS:
             stem = name[:i]
             break
-    close = difflib.get_close_matches(name, names, n=n, cutoff=0.5)
+    close = [x for x in names if x.startswith(name + ".") or x.startswith(name + ":") or x.startswith(name + "[")][:n]
+    close += [x for x in difflib.get_close_matches(name, names, n=n, cutoff=0.5) if x not in close]
+    close = close[:n]
     if len(close) < n and stem:
         close += [x for x in names if x.startswith(stem) and x not in close][: n - len(close)]
     if len(close) < n:
