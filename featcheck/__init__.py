@@ -10,10 +10,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._errors import LayerNotFoundError
+from ._errors import FeatcheckAssertionError, LayerNotFoundError
 
 __all__ = [
     "Capture",
+    "FeatcheckAssertionError",
     "LayerCapture",
     "LayerNotFoundError",
     "assert_finite",

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import _config, _selection
+from ._errors import FeatcheckAssertionError
 
 __all__ = [
     "assert_finite",
@@ -63,12 +64,17 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
 
 
-def _fail(title: str, rows: list[tuple[str, ...]], notes: Iterable[str] = ()) -> None:
+def _fail(
+    title: str,
+    rows: list[tuple[str, ...]],
+    flagged: list[tuple[Any, list[int], str]],
+    notes: Iterable[str] = (),
+) -> None:
     __tracebackhide__ = True
     text = f"{title}\n{_table(rows)}"
     for note in notes:
         text += f"\n{note}"
-    raise AssertionError(text)
+    raise FeatcheckAssertionError(text, flagged)
 
 
 def _fraction(value: float | None, name: str) -> float:
@@ -155,11 +161,12 @@ def assert_no_dead_channels(
     __tracebackhide__ = True
     allowed = _fraction(max_fraction, "max_dead_fraction")
     tol = _config.get("dead_tolerance", tolerance)
-    rows = []
+    rows, flagged = [], []
     records = _records(cap, layers)
     for lc in records:
         dead = dead_channels(lc, tol)
         if dead and len(dead) / lc.channels > allowed:
+            flagged.append((lc, dead, "dead"))
             rows.append((
                 lc.name,
                 f"<= {allowed:.0%} dead",
@@ -173,6 +180,7 @@ def assert_no_dead_channels(
             f"dead channels in {len(rows)} of {_layers(len(records))} (a dead channel never varies: "
             f"max - min <= {tol:g} x the layer's largest |value|)",
             rows,
+            flagged,
             notes,
         )
 
@@ -200,10 +208,11 @@ def assert_not_saturated(
     records = _records(cap, layers)
     if layers is None:
         records = [lc for lc in records if lc.bounds is not None]
-    rows = []
+    rows, flagged = [], []
     for lc in records:
         sat = saturated_channels(lc, q)
         if sat and len(sat) / lc.channels > allowed:
+            flagged.append((lc, sat, "saturated"))
             at = lc.stats["lower_fraction"] + lc.stats["upper_fraction"]
             lo, hi = lc.bounds
             rows.append((
@@ -215,23 +224,25 @@ def assert_not_saturated(
             ))
     notes = _bn_note(cap, "saturation")
     if rows:
-        _fail(f"saturated channels in {len(rows)} of {_layers(len(records))}", rows, notes)
+        _fail(f"saturated channels in {len(rows)} of {_layers(len(records))}", rows, flagged, notes)
 
 
 def assert_finite(cap: Any, layers: Any = None) -> None:
     """Fail if any selected layer produced a NaN or Inf; names the first such layer in call order
     (where to look: later layers usually inherit it)."""
     __tracebackhide__ = True
-    rows = []
+    rows, flagged = [], []
     for lc in _records(cap, layers):
         bad = np.flatnonzero(lc.stats["nonfinite"] > 0).tolist()
         if bad:
+            flagged.append((lc, bad, "nonfinite"))
             total = int(lc.stats["nonfinite"].sum())
             rows.append((lc.name, "finite", f"{total} NaN/Inf values", _channels(bad), str(lc.samples)))
     if rows:
         _fail(
             f"non-finite values in {_layers(len(rows))}; the first in call order is {rows[0][0]!r}",
             rows,
+            flagged,
         )
 
 
@@ -254,15 +265,16 @@ def assert_shapes(cap: Any, expected: Mapping[str, Sequence[int | None]]) -> Non
     """Fail if any layer's output shape differs; ``None`` is a wildcard per dimension and a wrong
     rank is a failure. Keys are names or patterns (a pattern checks every layer it matches)."""
     __tracebackhide__ = True
-    rows = []
+    rows, flagged = [], []
     for lc, want in _expected_records(cap, expected, "expected shapes"):
         want = tuple(want)
         got = tuple(lc.shape)
         ok = len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got))
         if not ok:
+            flagged.append((lc, [], "shape"))
             rows.append((lc.name, _fmt_shape(want), _fmt_shape(got), "-", str(lc.samples)))
     if rows:
-        _fail(f"wrong output shape in {_layers(len(rows))}", rows)
+        _fail(f"wrong output shape in {_layers(len(rows))}", rows, flagged)
 
 
 def _stride_holds(size_in: int, size_out: int, s: float) -> bool:
@@ -277,13 +289,14 @@ def assert_strides(cap: Any, expected: Mapping[str, float | Sequence[float]]) ->
     per spatial dimension. The message shows the measured reduction.
     """
     __tracebackhide__ = True
-    rows = []
+    rows, flagged = [], []
     for lc, want in _expected_records(cap, expected, "expected strides"):
         spatial, size_in = lc.spatial, lc.input_size
         wants = tuple(want) if isinstance(want, (tuple, list)) else (want,) * max(len(spatial), 1)
         if any(not isinstance(w, (int, float)) or w <= 0 for w in wants):
             raise ValueError(f"expected stride for {lc.name!r} must be positive numbers, got {want!r}")
         if lc.stride is None or size_in is None or len(wants) != len(spatial):
+            flagged.append((lc, [], "stride"))
             rows.append((
                 lc.name,
                 "x".join(f"{w:g}" for w in wants),
@@ -297,6 +310,11 @@ def assert_strides(cap: Any, expected: Mapping[str, float | Sequence[float]]) ->
         if not all(_stride_holds(i, o, w) for i, o, w in zip(size_in, spatial, wants)):
             measured = "x".join(f"{s:.4g}" for s in lc.stride)
             sizes = "x".join(map(str, size_in)) + " -> " + "x".join(map(str, spatial))
+            flagged.append((lc, [], "stride"))
             rows.append((lc.name, "x".join(f"{w:g}" for w in wants), f"{measured} ({sizes})", "-", str(lc.samples)))
     if rows:
-        _fail(f"wrong stride in {_layers(len(rows))} (expected: output = floor or ceil of input / stride)", rows)
+        _fail(
+            f"wrong stride in {_layers(len(rows))} (expected: output = floor or ceil of input / stride)",
+            rows,
+            flagged,
+        )

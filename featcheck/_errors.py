@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["LayerNotFoundError"]
+__all__ = ["FeatcheckAssertionError", "LayerNotFoundError"]
 
 
 class LayerNotFoundError(KeyError):
@@ -14,3 +14,17 @@ class LayerNotFoundError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class FeatcheckAssertionError(AssertionError):
+    """A failed featcheck check. ``flagged`` lists ``(LayerCapture, channel indices, check)`` for
+    every offending layer, so that the report can draw them with those channels marked."""
+
+    def __init__(self, message: str, flagged: list[tuple[object, list[int], str]] | None = None) -> None:
+        super().__init__(message)
+        self.flagged = list(flagged or [])
+
+
+# Tracebacks and reprs name the public module, not this private one.
+LayerNotFoundError.__module__ = "featcheck"
+FeatcheckAssertionError.__module__ = "featcheck"

@@ -2,34 +2,67 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from . import _capture
 
-__all__ = ["FeatcheckFixture"]
+__all__ = ["FIXTURE_KEY", "FeatcheckFixture"]
 
 
 class FeatcheckFixture:
-    """Capture and watch models in a test; remembers every capture for the report.
+    """Capture and watch models in a test; show pictures in the report.
 
     ``capture`` and ``watch`` have the signatures of :func:`featcheck.capture` and
-    :func:`featcheck.watch`. Every other public name of the ``featcheck`` package
-    (``assert_no_dead_channels``, ``calibrate_batchnorm``, ...) is reachable from the fixture
-    too, since a test's ``featcheck`` argument shadows the module.
+    :func:`featcheck.watch` and remember every capture for the report. Every other public name of
+    the ``featcheck`` package (``assert_no_dead_channels``, ``calibrate_batchnorm``, ...) is
+    reachable from the fixture too, since a test's ``featcheck`` argument shadows the module.
     """
 
     def __init__(self, enabled: bool, report_dir: str) -> None:
         self.enabled = enabled
         self.report_dir = report_dir
         self.captures: list[_capture.Capture] = []
+        self.requests: list[tuple[str, Any, dict[str, Any]]] = []
 
     def capture(self, model: Any, *args: Any, **kwargs: Any) -> _capture.Capture:
         __tracebackhide__ = True
         cap = _capture.capture(model, *args, **kwargs)
         self.captures.append(cap)
         return cap
+
+    @contextmanager
+    def watch(self, model: Any, layers: Any = None, **kwargs: Any) -> Iterator[_capture.Capture]:
+        with _capture.watch(model, layers, **kwargs) as cap:
+            self.captures.append(cap)
+            yield cap
+
+    def show(self, x: Any, layers: Any = None, **options: Any) -> None:
+        """Put channel grids of ``x`` in this test's report.
+
+        Args:
+            x: a Capture (one picture per selected layer), a LayerCapture, or a tensor.
+            layers: for a Capture, which layers (same selectors as capture; default all).
+            options: passed to :func:`featcheck.channel_grid` (``max_channels``, ``cmap``,
+                ``normalize``, ``select``, ...).
+
+        Without ``--featcheck`` this does nothing: no picture is rendered or written.
+        """
+        _check_options(options, "channel_grid")
+        if self.enabled:
+            self.requests.append(("show", x, {"layers": layers, **options}))
+
+    def show_kernels(self, module: Any, layers: Any = None, **options: Any) -> None:
+        """Put kernel grids of ``module`` (a convolution, or every convolution inside a module,
+        chosen with ``layers``) in this test's report; options go to
+        :func:`featcheck.kernel_grid`. Without ``--featcheck`` this does nothing."""
+        _check_options(options, "kernel_grid")
+        if self.enabled:
+            self.requests.append(("kernels", module, {"layers": layers, **options}))
 
     def __getattr__(self, name: str) -> Any:
         import featcheck
@@ -38,8 +71,18 @@ class FeatcheckFixture:
             return getattr(featcheck, name)
         raise AttributeError(f"the featcheck fixture has no attribute {name!r}")
 
-    @contextmanager
-    def watch(self, model: Any, layers: Any = None, **kwargs: Any) -> Iterator[_capture.Capture]:
-        with _capture.watch(model, layers, **kwargs) as cap:
-            self.captures.append(cap)
-            yield cap
+
+def _check_options(options: dict[str, Any], renderer: str) -> None:
+    """Reject misspelt options at the call, not silently at report time."""
+    from . import _render
+
+    params = inspect.signature(getattr(_render, renderer)).parameters
+    unknown = sorted(set(options) - set(params) - {"title"})
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for {renderer}; "
+            f"known: {', '.join(p for p in params if p not in ('x', 'conv_or_weight'))}"
+        )
+
+
+FIXTURE_KEY = pytest.StashKey[FeatcheckFixture]()

@@ -1,24 +1,30 @@
-"""pytest plugin: options and the ``featcheck`` fixture.
+"""pytest plugin: options, the ``featcheck`` fixture and the report hooks.
 
-Loaded by every pytest run in an environment where featcheck is installed, so it imports
-nothing heavy at module level: torch loads when a test first uses the fixture.
+Loaded by every pytest run in an environment where featcheck is installed, so it imports nothing
+heavy at module level: torch loads when a test first uses the fixture, and the report machinery
+only with ``--featcheck``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from ._fixture import FeatcheckFixture
+    from ._report import ReportSession
 
 _THRESHOLDS_BEFORE = pytest.StashKey[dict]()
+_SESSION = pytest.StashKey["ReportSession"]()
 
 _OPTIONS = (
-    # (name, ini type, default, help)
-    ("featcheck", "bool", False, "render pictures of captured layers and attach them to reports"),
-    ("featcheck_dir", "string", "featcheck-report", "where featcheck writes its artefacts"),
+    # (name, ini type, default, metavar, help)
+    ("featcheck", "bool", False, None, "render pictures of what tests inspect and attach them to reports"),
+    ("featcheck_dir", "string", "featcheck-report", "DIR", "where the featcheck gallery is written"),
+    ("featcheck_attach", "string", "all", "all|failed|none", "which tests get pictures"),
+    ("featcheck_max_pictures", "string", "12", "N", "at most this many pictures per test"),
 )
 
 
@@ -26,15 +32,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     from . import _config
 
     group = parser.getgroup("featcheck", "featcheck: inspect PyTorch models from inside")
-    for name, kind, default, help_ in _OPTIONS:
+    for name, kind, default, metavar, help_ in _OPTIONS:
         flag = "--" + name.replace("_", "-")
         if kind == "bool":
             group.addoption(flag, action="store_true", default=None, dest=name, help=help_)
         else:
-            group.addoption(flag, action="store", default=None, dest=name, metavar="DIR", help=help_)
+            group.addoption(flag, action="store", default=None, dest=name, metavar=metavar, help=f"{help_} (default {default})")
         parser.addini(name, f"{help_} (command line {flag} wins)", type=kind, default=default)
     for key, (default, help_) in _config.THRESHOLDS.items():
         parser.addini(f"featcheck_{key}", f"{help_} (default {default:g})", type="string", default="")
+
+
+def option(config: pytest.Config, name: str) -> Any:
+    """The command-line value if given, else the ini value."""
+    value = config.getoption(name)
+    return config.getini(name) if value is None else value
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,10 +59,21 @@ def pytest_configure(config: pytest.Config) -> None:
             try:
                 values[key] = float(raw)
             except ValueError:
-                raise pytest.UsageError(
-                    f"ini key featcheck_{key} must be a number, got {raw!r}"
-                ) from None
+                raise pytest.UsageError(f"ini key featcheck_{key} must be a number, got {raw!r}") from None
     config.stash[_THRESHOLDS_BEFORE] = _config.set_from(values)
+    if option(config, "featcheck"):
+        from ._report import ReportSession
+
+        try:
+            max_pictures = int(option(config, "featcheck_max_pictures"))
+        except ValueError:
+            raise pytest.UsageError("--featcheck-max-pictures must be an integer") from None
+        session = ReportSession(
+            config, str(option(config, "featcheck_dir")), str(option(config, "featcheck_attach")), max_pictures
+        )
+        config.stash[_SESSION] = session
+        if config.pluginmanager.hasplugin("xdist"):
+            config.pluginmanager.register(_XdistHooks(session), "featcheck-xdist")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -61,18 +84,65 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         _config.set_from(before)
 
 
-def option(config: pytest.Config, name: str) -> object:
-    """The command-line value if given, else the ini value."""
-    value = config.getoption(name)
-    return config.getini(name) if value is None else value
-
-
 @pytest.fixture
 def featcheck(request: pytest.FixtureRequest) -> FeatcheckFixture:
-    """Capture and watch models; what the test captured goes into the featcheck report."""
-    from ._fixture import FeatcheckFixture
+    """Capture and watch models, and show pictures; what the test captured goes into the report."""
+    from ._fixture import FIXTURE_KEY, FeatcheckFixture
 
-    return FeatcheckFixture(
+    fixture = FeatcheckFixture(
         enabled=bool(option(request.config, "featcheck")),
         report_dir=str(option(request.config, "featcheck_dir")),
     )
+    request.node.stash[FIXTURE_KEY] = fixture
+    return fixture
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    outcome = yield
+    session = item.config.stash.get(_SESSION, None)
+    if session is not None:
+        session.on_report(item, call, outcome.get_result())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    report = session.config.stash.get(_SESSION, None)
+    if report is None:
+        return
+    if report.is_worker:
+        session.config.workeroutput["featcheck"] = report.to_workeroutput()  # type: ignore[attr-defined]
+    else:
+        report.write_gallery()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    report = config.stash.get(_SESSION, None)
+    if report is None or report.is_worker:
+        return
+    terminalreporter.section("featcheck")
+    for line in report.summary_lines():
+        terminalreporter.write_line(line)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_table_row(report: Any, cells: list[str]) -> None:
+    """pytest-html puts the test id into its table unescaped: escape it (parametrize ids can hold
+    anything, ``<script>`` included)."""
+    import html
+
+    for i, cell in enumerate(cells):
+        if cell.startswith('<td class="col-testId">'):
+            test_id = report.nodeid if report.when == "call" else f"{report.nodeid}::{report.when}"
+            cells[i] = f'<td class="col-testId">{html.escape(test_id)}</td>'
+
+
+class _XdistHooks:
+    """Registered only with pytest-xdist: the controller collects the workers' records."""
+
+    def __init__(self, session: ReportSession) -> None:
+        self.session = session
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        payload = getattr(node, "workeroutput", {}).get("featcheck")
+        if payload:
+            self.session.add_from_worker(payload)

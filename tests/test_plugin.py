@@ -107,7 +107,7 @@ def test_failed_check_points_at_the_test_line_and_ini_thresholds_apply(
             "E*dead channels in 1 of 1 layer (*",
             "E*layer*expected*measured*channels*samples",
             "E*conv2*<= 10% dead*2/8 dead (25.0%)*[[]2, 5[]]*8",
-            "test_dead.py:7: AssertionError",
+            "test_dead.py:7: FeatcheckAssertionError",
         ]
     )
     result.stdout.no_fnmatch_line("*_checks.py*")
