@@ -29,6 +29,7 @@ __all__ = [
     "kernel_grid",
     "load_image",
     "pca_rgb",
+    "sample_input",
     "save_channels",
     "to_image",
     "watch",
@@ -50,6 +51,7 @@ _LAZY = {
     "kernel_grid": "._render",
     "load_image": "._render",
     "pca_rgb": "._render",
+    "sample_input": "._inputs",
     "save_channels": "._render",
     "to_image": "._render",
 }
@@ -57,6 +59,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from ._calibrate import calibrate_batchnorm
     from ._capture import Capture, LayerCapture, capture, watch
+    from ._inputs import sample_input
     from ._render import (
         channel_grid,
         heatmap,

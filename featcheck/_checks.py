@@ -60,6 +60,7 @@ def _layers(n: int) -> str:
 
 def _table(rows: list[tuple[str, ...]]) -> str:
     header = ("layer", "expected", "measured", "channels", "samples")
+    rows = [(r[0] or "(root)", *r[1:]) for r in rows]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
 

@@ -15,6 +15,7 @@ THRESHOLDS: dict[str, tuple[float, str]] = {
         "a channel is saturated when at least this share of its values sit at a bound",
     ),
     "max_saturated_fraction": (0.0, "share of saturated channels a layer may have"),
+    "baseline_max_kb": (2048.0, "size cap of one baseline file, in KiB"),
     "saturation_tolerance": (
         1e-3,
         "a value sits at a bound within this times (high - low); used while capturing",

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import os
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,11 +26,15 @@ class FeatcheckFixture:
     reachable from the fixture too, since a test's ``featcheck`` argument shadows the module.
     """
 
-    def __init__(self, enabled: bool, report_dir: str) -> None:
+    def __init__(self, enabled: bool, report_dir: str, node: pytest.Item | None = None, update: bool = False) -> None:
         self.enabled = enabled
         self.report_dir = report_dir
         self.captures: list[_capture.Capture] = []
         self.requests: list[tuple[str, Any, dict[str, Any]]] = []
+        self._node = node
+        self._update = update
+        self._baselines: set[Path] = set()
+        self.written_baselines: list[tuple[str, Path]] = []
 
     def capture(self, model: Any, *args: Any, **kwargs: Any) -> _capture.Capture:
         __tracebackhide__ = True
@@ -63,6 +70,55 @@ class FeatcheckFixture:
         _check_options(options, "kernel_grid")
         if self.enabled:
             self.requests.append(("kernels", module, {"layers": layers, **options}))
+
+    def check_baseline(
+        self,
+        cap: _capture.Capture,
+        name: str | None = None,
+        *,
+        layers: Any = None,
+        rtol: float = 1e-2,
+        atol: float = 1e-4,
+        stats: bool = True,
+    ) -> None:
+        """Compare ``cap`` with this test's stored baseline (see ``featcheck._baselines``).
+
+        Per layer, in call order: module type, output shape (batch free), dtype, stride, channels,
+        parameter count and, with ``stats``, per-channel mean and std (a channel drifts when
+        ``|current - baseline| > atol + rtol * |baseline|``) and the dead and saturated fractions.
+
+        Args:
+            cap: a Capture (its layers, or those chosen by ``layers``).
+            name: tells several baselines of one test apart (``<test>.<name>.json``).
+            stats: ``False`` guards the architecture only.
+
+        A missing baseline fails and writes nothing; ``pytest --featcheck-update`` writes it.
+        """
+        __tracebackhide__ = True
+        from . import _baselines, _config
+
+        if self._node is None:
+            raise RuntimeError("check_baseline needs the featcheck fixture of a running test")
+        if not isinstance(cap, _capture.Capture):
+            raise TypeError(f"check_baseline expects a Capture, got {type(cap).__name__}")
+        node = self._node
+        path = _baselines.baseline_path(Path(node.path), node.nodeid, name)
+        if path in self._baselines:
+            raise ValueError(
+                f"check_baseline was already called for {path.name} in this test; give each "
+                "call its own name= (check_baseline(cap, name='stem'))"
+            )
+        self._baselines.add(path)
+        root = Path(node.config.rootpath)
+        display = os.path.relpath(path, node.config.invocation_params.dir)
+        command = f"pytest --featcheck-update {shlex.quote(node.nodeid)}"
+        result = _baselines.check(
+            cap, path=path, display_path=display, nodeid=node.nodeid, name=name, layers=layers,
+            rtol=rtol, atol=atol, stats=stats, update=self._update,
+            max_kb=_config.get("baseline_max_kb"), command=command,
+        )
+        if result is not None:
+            self.written_baselines.append((result, path if not path.is_relative_to(root) else path.relative_to(root)))
 
     def __getattr__(self, name: str) -> Any:
         import featcheck

@@ -25,7 +25,9 @@ _OPTIONS = (
     ("featcheck_dir", "string", "featcheck-report", "DIR", "where the featcheck gallery is written"),
     ("featcheck_attach", "string", "all", "all|failed|none", "which tests get pictures"),
     ("featcheck_max_pictures", "string", "12", "N", "at most this many pictures per test"),
+    ("featcheck_update", "bool", False, None, "write missing and changed featcheck baselines"),
 )
+_BASELINES = pytest.StashKey[list]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -72,8 +74,8 @@ def pytest_configure(config: pytest.Config) -> None:
             config, str(option(config, "featcheck_dir")), str(option(config, "featcheck_attach")), max_pictures
         )
         config.stash[_SESSION] = session
-        if config.pluginmanager.hasplugin("xdist"):
-            config.pluginmanager.register(_XdistHooks(session), "featcheck-xdist")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(config), "featcheck-xdist")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -85,16 +87,20 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-def featcheck(request: pytest.FixtureRequest) -> FeatcheckFixture:
+def featcheck(request: pytest.FixtureRequest) -> Generator[FeatcheckFixture, None, None]:
     """Capture and watch models, and show pictures; what the test captured goes into the report."""
     from ._fixture import FIXTURE_KEY, FeatcheckFixture
 
     fixture = FeatcheckFixture(
         enabled=bool(option(request.config, "featcheck")),
         report_dir=str(option(request.config, "featcheck_dir")),
+        node=request.node,
+        update=bool(option(request.config, "featcheck_update")),
     )
     request.node.stash[FIXTURE_KEY] = fixture
-    return fixture
+    yield fixture
+    written = request.config.stash.setdefault(_BASELINES, [])
+    written.extend(f"{what} {path}" for what, path in fixture.written_baselines)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -106,21 +112,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    report = session.config.stash.get(_SESSION, None)
+    config = session.config
+    worker = hasattr(config, "workerinput")
+    if worker and config.stash.get(_BASELINES, None):
+        config.workeroutput["featcheck_baselines"] = list(config.stash[_BASELINES])  # type: ignore[attr-defined]
+    report = config.stash.get(_SESSION, None)
     if report is None:
         return
-    if report.is_worker:
-        session.config.workeroutput["featcheck"] = report.to_workeroutput()  # type: ignore[attr-defined]
+    if worker:
+        config.workeroutput["featcheck"] = report.to_workeroutput()  # type: ignore[attr-defined]
     else:
         report.write_gallery()
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return
     report = config.stash.get(_SESSION, None)
-    if report is None or report.is_worker:
+    written = sorted(config.stash.get(_BASELINES, []))
+    if report is None and not written:
         return
     terminalreporter.section("featcheck")
-    for line in report.summary_lines():
+    for line in written:
+        terminalreporter.write_line(f"baseline {line}")
+    for line in report.summary_lines() if report is not None else []:
         terminalreporter.write_line(line)
 
 
@@ -137,12 +152,14 @@ def pytest_html_results_table_row(report: Any, cells: list[str]) -> None:
 
 
 class _XdistHooks:
-    """Registered only with pytest-xdist: the controller collects the workers' records."""
+    """Registered only with pytest-xdist: the controller collects what the workers did."""
 
-    def __init__(self, session: ReportSession) -> None:
-        self.session = session
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        payload = getattr(node, "workeroutput", {}).get("featcheck")
-        if payload:
-            self.session.add_from_worker(payload)
+        output = getattr(node, "workeroutput", {})
+        self.config.stash.setdefault(_BASELINES, []).extend(output.get("featcheck_baselines", []))
+        session = self.config.stash.get(_SESSION, None)
+        if session is not None and output.get("featcheck"):
+            session.add_from_worker(output["featcheck"])
