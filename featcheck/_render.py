@@ -365,22 +365,30 @@ def _tile(
     frames: dict[str, list[int]],
     labels: list[int] | None,
 ) -> np.ndarray:
-    """Tiles ``[k, h, w]`` (uint8 indices) into one RGB array, with frames and index labels."""
-    k, h, w = q.shape
+    """Colours ``[k, h, w]`` uint8 indices (scaled to tile size) and arranges them."""
+    h, w = q.shape[1:]
     up_y, up_x, step_y, step_x = _scale_for(h, w, min_tile, max_tile)
     if step_y > 1 or step_x > 1:
         q, bad = q[:, ::step_y, ::step_x], bad[:, ::step_y, ::step_x]
     if up_y > 1 or up_x > 1:
         q = q.repeat(up_y, 1).repeat(up_x, 2)
         bad = bad.repeat(up_y, 1).repeat(up_x, 2)
-    th, tw = q.shape[1:]
+    rgb = lut[q]
+    if bad.any():
+        rgb[bad] = NONFINITE_PIXEL
+    return _arrange(rgb, ncols=ncols, frames=frames, labels=labels)
+
+
+def _arrange(
+    rgb: np.ndarray, *, ncols: int | None, frames: dict[str, list[int]], labels: list[int] | None
+) -> np.ndarray:
+    """RGB tiles ``[k, th, tw, 3]`` in one near-square (or ``ncols``-wide) grid, with frames drawn
+    in the padding and channel indices in the corners."""
+    k, th, tw = rgb.shape[:3]
     if ncols is None:
         ncols = max(1, math.ceil(math.sqrt(k * th / tw)))
     ncols = min(ncols, k)
     nrows = math.ceil(k / ncols)
-    rgb = lut[q]
-    if bad.any():
-        rgb[bad] = NONFINITE_PIXEL
     th2, tw2 = th + 2 * _PAD, tw + 2 * _PAD
     canvas = np.empty((nrows * ncols, th2, tw2, 3), np.uint8)
     canvas[...] = BACKGROUND
@@ -571,13 +579,7 @@ def kernel_grid(
         rgb = ((sel / scale) * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
         rgb = rgb.permute(0, 2, 3, 1).cpu().numpy()  # [k, kh, kw, 3]
         up_y, up_x, _, _ = _scale_for(rgb.shape[1], rgb.shape[2], min_tile, 1 << 30)
-        rgb = rgb.repeat(up_y, 1).repeat(up_x, 2)
-        # Reuse the tiling with an identity "colormap" per channel plane.
-        body = np.concatenate(
-            [_tile(rgb[..., ch], np.zeros(rgb.shape[:3], bool), _GREY, ncols=None, min_tile=1,
-                   max_tile=1 << 30, frames={}, labels=None)[..., :1] for ch in range(3)],
-            axis=2,
-        )
+        body = _arrange(rgb.repeat(up_y, 1).repeat(up_x, 2), ncols=None, frames={}, labels=None)
         desc = f"RGB per filter, scaled so 0 is grey; {k} of {out_c} filters" if k < out_c else f"RGB per filter, scaled so 0 is grey; {out_c} filters"
     else:
         m = float(w.abs().amax().clamp_min(1e-12))
@@ -599,9 +601,6 @@ def kernel_grid(
         return Image.fromarray(body)
     lines = [f"{title or kind}  weight {_fmt_shape(tuple(w.shape))}", desc + "".join(f"; {n}" for n in notes)]
     return _captioned(body, lines)
-
-
-_GREY = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, 1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -181,6 +181,12 @@ def test_calibrated_random_weight_models_raise_no_false_alarm(arch: str) -> None
     featcheck.assert_no_dead_channels(cap, layers=list(ACTIVATIONS))
     featcheck.assert_not_saturated(cap)
     featcheck.assert_finite(cap)
+    if arch.startswith("resnet"):
+        stages = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+        featcheck.assert_strides(featcheck.capture(model, torch.randn(2, 3, 224, 224), layers="layer?"), stages)
+        odd = featcheck.capture(model, torch.randn(2, 3, 225, 225), layers="layer?")
+        featcheck.assert_strides(odd, stages)
+        assert [odd[f"layer{i}"].spatial[0] for i in range(1, 5)] == [57, 29, 15, 8]
 
 
 def test_uncalibrated_resnet50_really_has_dead_relus_and_the_verdict_says_why() -> None:
