@@ -19,6 +19,7 @@ def test_shapes_and_strides_of_resnet18(featcheck):
         assert cap[stage].channels == channels
         assert cap[stage].stride == (stride, stride)
     assert cap["fc"].shape == (2, 1000) and cap["fc"].stride is None
+    featcheck.show(cap, layers=["layer1", "layer4"], max_channels=32)
 
 
 def test_every_relu_call_of_a_bottleneck_is_its_own_record(featcheck):
@@ -46,3 +47,4 @@ def test_vision_transformer_tokens_have_channels_last(featcheck):
     cap = featcheck.capture(model, torch.randn(1, 3, 224, 224), layers="encoder.layers.encoder_layer_0.*")
     mlp = cap["encoder.layers.encoder_layer_0.mlp.1"]
     assert mlp.shape == (1, 197, 3072) and mlp.channels == 3072 and mlp.stride is None
+    featcheck.show(mlp, max_channels=32, select="variance")  # 196 patch tokens as 14 x 14, class token dropped

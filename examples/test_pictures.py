@@ -37,7 +37,9 @@ def test_a_trained_cnn_sees_edges_of_shapes(featcheck, trained):
 def test_pca_of_the_last_feature_map(featcheck, trained):
     x, _ = demo_cnn.shapes(2, seed=7)
     cap = featcheck.capture(trained, x, layers="features.10")
-    assert featcheck.pca_rgb(cap["features.10"]).size[0] >= 128
+    pca = featcheck.pca_rgb(cap["features.10"])
+    assert pca.size[0] >= 128
+    featcheck.show(pca, title="PCA of features.10")
 
 
 def test_resnet18_on_a_photograph(featcheck):
@@ -49,3 +51,4 @@ def test_resnet18_on_a_photograph(featcheck):
     featcheck.show_kernels(model.conv1)
     heat = featcheck.heatmap(cap["layer1"], image=featcheck.to_image(image))
     assert heat.size[0] > 224
+    featcheck.show(heat, title="layer1 over the photo")

@@ -52,14 +52,22 @@ class FeatcheckFixture:
         """Put channel grids of ``x`` in this test's report.
 
         Args:
-            x: a Capture (one picture per selected layer), a LayerCapture, or a tensor.
+            x: a Capture (one picture per selected layer), a LayerCapture, a tensor, or a
+                finished picture (a PIL image from ``pca_rgb``, ``heatmap``, ...), shown as is.
             layers: for a Capture, which layers (same selectors as capture; default all).
             options: passed to :func:`featcheck.channel_grid` (``max_channels``, ``cmap``,
                 ``normalize``, ``select``, ...).
 
         Without ``--featcheck`` this does nothing: no picture is rendered or written.
         """
-        _check_options(options, "channel_grid")
+        from PIL import Image
+
+        if isinstance(x, Image.Image):
+            unknown = sorted(set(options) - {"title"})
+            if unknown or layers is not None:
+                raise TypeError(f"a finished picture takes only title=, got {', '.join(map(repr, unknown or ['layers']))}")
+        else:
+            _check_options(options, "channel_grid")
         if self.enabled:
             self.requests.append(("show", x, {"layers": layers, **options}))
 

@@ -82,6 +82,8 @@ def _picture(name: str, kind: str, image: Any, table: list[tuple[str, str]]) -> 
 
 def render_requests(requests: list[tuple[str, Any, dict[str, Any]]], limit: int) -> tuple[list[dict[str, Any]], int]:
     """Turn queued show requests into pictures, at most ``limit``; returns (pictures, dropped)."""
+    from PIL import Image
+
     from . import _render
     from ._capture import Capture, LayerCapture
 
@@ -113,7 +115,10 @@ def render_requests(requests: list[tuple[str, Any, dict[str, Any]]], limit: int)
             for t in targets:
                 if not room():
                     continue
-                if isinstance(t, LayerCapture):
+                if isinstance(t, Image.Image):
+                    title = opts.get("title") or t.info.get("caption", "picture").split("\n")[0]
+                    pictures.append(_picture(title, "picture", t, []))
+                elif isinstance(t, LayerCapture):
                     if t.sample is None:
                         continue
                     pictures.append(_picture(t.name, "grid", _render.channel_grid(t, **opts), _health(t)))

@@ -52,6 +52,8 @@ def open_and_check(url: str, screenshot: Path, expect_images: int) -> list[list]
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(url)
             page.wait_for_load_state("load")
+            # the gallery loads its pictures lazily: scroll through it once
+            page.evaluate("async () => { for (let y = 0; y < document.body.scrollHeight; y += 600) { window.scrollTo(0, y); await new Promise(r => setTimeout(r, 50)); } window.scrollTo(0, 0); }")
             page.wait_for_function(
                 f"document.images.length >= {expect_images} && [...document.images].every(i => i.complete)",
                 timeout=15000,

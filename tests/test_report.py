@@ -151,6 +151,21 @@ def test_bad_option_values_are_usage_errors(suite: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*--featcheck-max-pictures must be an integer*"])
 
 
+def test_finished_pictures_are_shown_as_they_are(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import torch, featcheck as fc
+        def test_x(featcheck):
+            featcheck.show(fc.heatmap(torch.rand(8, 8)), title="my heatmap")
+            featcheck.show(fc.pca_rgb(torch.rand(6, 8, 8)))
+        """
+    )
+    pytester.runpytest_subprocess("--featcheck").assert_outcomes(passed=1)
+    summary = json.loads((pytester.path / "featcheck-report" / "summary.json").read_text())
+    pics = summary["tests"][0]["pictures"]
+    assert [(p["name"], p["kind"]) for p in pics] == [("my heatmap", "picture"), ("PCA of tensor  6 channels -> RGB", "picture")]
+
+
 def test_misspelt_show_option_fails_at_the_call(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
