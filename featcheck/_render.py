@@ -749,7 +749,7 @@ def heatmap(
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         base = _image_array(image)
-        over = np.asarray(Image.fromarray(rgb).resize((base.shape[1], base.shape[0]), Image.BILINEAR))
+        over = np.asarray(Image.fromarray(rgb).resize((base.shape[1], base.shape[0]), Image.Resampling.BILINEAR))
         rgb = (base.astype(np.float32) * (1 - alpha) + over.astype(np.float32) * alpha + 0.5).astype(np.uint8)
     else:
         up = max(1, math.ceil(min_size / max(1, min(rgb.shape[:2]))))
@@ -829,7 +829,7 @@ def load_image(
             raise ValueError(f"size must be >= 1 or None, got {size!r}")
         w, h = im.size
         s = size / min(w, h)
-        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BILINEAR)
         w, h = im.size
         left, top = (w - size) // 2, (h - size) // 2
         im = im.crop((left, top, left + size, top + size))
