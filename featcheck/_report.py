@@ -127,10 +127,13 @@ def render_requests(requests: list[tuple[str, Any, dict[str, Any]]], limit: int)
                     pictures.append(_picture(title, "grid", _render.channel_grid(t, **opts), []))
         elif kind == "kernels":
             layers = opts.pop("layers", None)
-            for name, module in _kernel_modules(obj, layers):
+            title = opts.pop("title", None)
+            modules = _kernel_modules(obj, layers)
+            for name, module in modules:
                 if room():
-                    img = _render.kernel_grid(module, title=opts.pop("title", None) or name or type(module).__name__, **opts)
-                    pictures.append(_picture(name or type(module).__name__, "kernels", img, []))
+                    label = (title if len(modules) == 1 else None) or name or type(module).__name__
+                    img = _render.kernel_grid(module, title=label, **opts)
+                    pictures.append(_picture(label, "kernels", img, []))
     return pictures, dropped
 
 
