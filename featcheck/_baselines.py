@@ -191,25 +191,25 @@ def _align(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> Diff:
             continue
         # Within a replaced block: pair by name first, then by module type in order.
         left, right = list(a), list(b)
-        by_name = {y["name"]: y for y in right}
+        by_name = {r["name"]: r for r in right}
         for x in list(left):
-            y = by_name.get(x["name"])
-            if y is not None:
-                diff.changed.append((x, y, _changes(x, y)))
-                diff.matched.append((x, y))
+            same = by_name.get(x["name"])
+            if same is not None:
+                diff.changed.append((x, same, _changes(x, same)))
+                diff.matched.append((x, same))
                 left.remove(x)
-                right.remove(y)
+                right.remove(same)
         # Then a layer whose name is gone with a layer whose name is new, of the same type.
         old_names, new_names = {o["name"] for o in old}, {n["name"] for n in new}
         for x in list(left):
             if x["name"] in new_names:
                 continue
-            y = next((r for r in right if r["module_type"] == x["module_type"] and r["name"] not in old_names), None)
-            if y is not None:
-                diff.changed.append((x, y, [f"renamed {x['name']} -> {y['name']}", *_changes(x, y)]))
-                diff.matched.append((x, y))
+            moved = next((r for r in right if r["module_type"] == x["module_type"] and r["name"] not in old_names), None)
+            if moved is not None:
+                diff.changed.append((x, moved, [f"renamed {x['name']} -> {moved['name']}", *_changes(x, moved)]))
+                diff.matched.append((x, moved))
                 left.remove(x)
-                right.remove(y)
+                right.remove(moved)
         diff.removed += left
         diff.added += right
     return diff
@@ -369,5 +369,5 @@ def check(
         return "updated"
     by_name = {lc.name: lc for lc in records}
     touched = [y["name"] for y in diff.added] + [y["name"] for _, y, _ in diff.changed] + [n for n, _ in diff.drift]
-    flagged = [(by_name[n], [], "baseline") for n in dict.fromkeys(touched) if n in by_name]
+    flagged: list[tuple[Any, list[int], str]] = [(by_name[n], [], "baseline") for n in dict.fromkeys(touched) if n in by_name]
     raise FeatcheckAssertionError(render_diff(diff, display_path, rtol, atol, command), flagged)

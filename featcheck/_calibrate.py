@@ -76,10 +76,10 @@ def calibrate_batchnorm(model: nn.Module, batches: Any) -> nn.Module:
             _call(eager, batch)
             seen += 1
     finally:
-        for m, mode in modes:
-            m.training = mode
-        for m, momentum in momenta:
-            m.momentum = momentum
+        for module, mode in modes:
+            module.training = mode
+        for bn, momentum in momenta:
+            bn.momentum = momentum
     if seen == 0:
         raise ValueError("calibrate_batchnorm got no batches; pass a batch or a non-empty iterable")
     return model

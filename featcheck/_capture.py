@@ -460,7 +460,7 @@ class _Recorder:
             else:
                 by_device.setdefault(block.device, []).append(i)
         for idx in by_device.values():
-            blocks = [pending[i][1] for i in idx]
+            blocks = [torch.as_tensor(pending[i][1]) for i in idx]  # device tensors here
             flat = torch.cat([b.reshape(-1) for b in blocks]).cpu().numpy()
             pos = 0
             for i, b in zip(idx, blocks):

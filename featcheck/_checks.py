@@ -58,17 +58,20 @@ def _layers(n: int) -> str:
     return f"{n} layer" if n == 1 else f"{n} layers"
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
     header = ("layer", "expected", "measured", "channels", "samples")
     rows = [(r[0] or "(root)", *r[1:]) for r in rows]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
 
 
+Flagged = list[tuple[Any, list[int], str]]
+
+
 def _fail(
     title: str,
-    rows: list[tuple[str, ...]],
-    flagged: list[tuple[Any, list[int], str]],
+    rows: Sequence[tuple[str, ...]],
+    flagged: Flagged,
     notes: Iterable[str] = (),
 ) -> None:
     __tracebackhide__ = True
@@ -162,7 +165,8 @@ def assert_no_dead_channels(
     __tracebackhide__ = True
     allowed = _fraction(max_fraction, "max_dead_fraction")
     tol = _config.get("dead_tolerance", tolerance)
-    rows, flagged = [], []
+    rows: list[tuple[str, ...]] = []
+    flagged: Flagged = []
     records = _records(cap, layers)
     for lc in records:
         dead = dead_channels(lc, tol)
@@ -209,7 +213,8 @@ def assert_not_saturated(
     records = _records(cap, layers)
     if layers is None:
         records = [lc for lc in records if lc.bounds is not None]
-    rows, flagged = [], []
+    rows: list[tuple[str, ...]] = []
+    flagged: Flagged = []
     for lc in records:
         sat = saturated_channels(lc, q)
         if sat and len(sat) / lc.channels > allowed:
@@ -232,7 +237,8 @@ def assert_finite(cap: Any, layers: Any = None) -> None:
     """Fail if any selected layer produced a NaN or Inf; names the first such layer in call order
     (where to look: later layers usually inherit it)."""
     __tracebackhide__ = True
-    rows, flagged = [], []
+    rows: list[tuple[str, ...]] = []
+    flagged: Flagged = []
     for lc in _records(cap, layers):
         bad = np.flatnonzero(lc.stats["nonfinite"] > 0).tolist()
         if bad:
@@ -250,7 +256,7 @@ def assert_finite(cap: Any, layers: Any = None) -> None:
 def _expected_records(cap: Any, expected: Mapping[str, Any], what: str) -> list[tuple[Any, Any]]:
     if not isinstance(expected, Mapping):
         raise TypeError(f"{what} must be a mapping of layer name to expectation, got {type(expected).__name__}")
-    out = []
+    out: list[tuple[Any, Any]] = []
     for key, want in expected.items():
         if not isinstance(key, str):
             raise TypeError(f"{what} keys must be layer names or patterns, got {key!r}")
@@ -266,7 +272,8 @@ def assert_shapes(cap: Any, expected: Mapping[str, Sequence[int | None]]) -> Non
     """Fail if any layer's output shape differs; ``None`` is a wildcard per dimension and a wrong
     rank is a failure. Keys are names or patterns (a pattern checks every layer it matches)."""
     __tracebackhide__ = True
-    rows, flagged = [], []
+    rows: list[tuple[str, ...]] = []
+    flagged: Flagged = []
     for lc, want in _expected_records(cap, expected, "expected shapes"):
         want = tuple(want)
         got = tuple(lc.shape)
@@ -290,7 +297,8 @@ def assert_strides(cap: Any, expected: Mapping[str, float | Sequence[float]]) ->
     per spatial dimension. The message shows the measured reduction.
     """
     __tracebackhide__ = True
-    rows, flagged = [], []
+    rows: list[tuple[str, ...]] = []
+    flagged: Flagged = []
     for lc, want in _expected_records(cap, expected, "expected strides"):
         spatial, size_in = lc.spatial, lc.input_size
         wants = tuple(want) if isinstance(want, (tuple, list)) else (want,) * max(len(spatial), 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["FeatcheckAssertionError", "LayerNotFoundError"]
 
 
@@ -20,7 +22,7 @@ class FeatcheckAssertionError(AssertionError):
     """A failed featcheck check. ``flagged`` lists ``(LayerCapture, channel indices, check)`` for
     every offending layer, so that the report can draw them with those channels marked."""
 
-    def __init__(self, message: str, flagged: list[tuple[object, list[int], str]] | None = None) -> None:
+    def __init__(self, message: str, flagged: list[tuple[Any, list[int], str]] | None = None) -> None:
         super().__init__(message)
         self.flagged = list(flagged or [])
 

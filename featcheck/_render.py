@@ -576,8 +576,8 @@ def kernel_grid(
         k = min(out_c, max_out)
         sel = w[:k]
         scale = sel.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12)
-        rgb = ((sel / scale) * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
-        rgb = rgb.permute(0, 2, 3, 1).cpu().numpy()  # [k, kh, kw, 3]
+        grey_at_zero = ((sel / scale) * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
+        rgb = grey_at_zero.permute(0, 2, 3, 1).cpu().numpy()  # [k, kh, kw, 3]
         up_y, up_x, _, _ = _scale_for(rgb.shape[1], rgb.shape[2], min_tile, 1 << 30)
         body = _arrange(rgb.repeat(up_y, 1).repeat(up_x, 2), ncols=None, frames={}, labels=None)
         desc = f"RGB per filter, scaled so 0 is grey; {k} of {out_c} filters" if k < out_c else f"RGB per filter, scaled so 0 is grey; {out_c} filters"

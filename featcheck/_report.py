@@ -316,7 +316,7 @@ class ReportSession:
         pictures: list[dict[str, Any]] = []
         dropped = 0
         if self.wants_pictures(outcome):
-            todo = [("flagged", f, {}) for f in flagged] + requests
+            todo: list[tuple[str, Any, dict[str, Any]]] = [("flagged", f, {}) for f in flagged] + requests
             pictures, dropped = render_requests(todo, self.max_pictures)
         record = {
             "nodeid": report.nodeid,
@@ -328,7 +328,7 @@ class ReportSession:
         }
         self.records.append(record)
         if self.html and pictures:
-            report.extras = [*getattr(report, "extras", []), *extras_for(record)]
+            setattr(report, "extras", [*getattr(report, "extras", []), *extras_for(record)])  # pytest-html reads it
 
     # xdist ---------------------------------------------------------------------------------------
     def to_workeroutput(self) -> str:

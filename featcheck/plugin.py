@@ -16,10 +16,10 @@ if TYPE_CHECKING:
     from ._fixture import FeatcheckFixture
     from ._report import ReportSession
 
-_THRESHOLDS_BEFORE = pytest.StashKey[dict]()
+_THRESHOLDS_BEFORE = pytest.StashKey[dict[str, float]]()
 _SESSION = pytest.StashKey["ReportSession"]()
 
-_OPTIONS = (
+_OPTIONS: tuple[tuple[Any, ...], ...] = (
     # (name, ini type, default, metavar, help)
     ("featcheck", "bool", False, None, "render pictures of what tests inspect and attach them to reports"),
     ("featcheck_dir", "string", "featcheck-report", "DIR", "where the featcheck gallery is written"),
@@ -27,7 +27,7 @@ _OPTIONS = (
     ("featcheck_max_pictures", "string", "12", "N", "at most this many pictures per test"),
     ("featcheck_update", "bool", False, None, "write missing and changed featcheck baselines"),
 )
-_BASELINES = pytest.StashKey[list]()
+_BASELINES = pytest.StashKey[list[str]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -41,8 +41,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         else:
             group.addoption(flag, action="store", default=None, dest=name, metavar=metavar, help=f"{help_} (default {default})")
         parser.addini(name, f"{help_} (command line {flag} wins)", type=kind, default=default)
-    for key, (default, help_) in _config.THRESHOLDS.items():
-        parser.addini(f"featcheck_{key}", f"{help_} (default {default:g})", type="string", default="")
+    for key, (value, meaning) in _config.THRESHOLDS.items():
+        parser.addini(f"featcheck_{key}", f"{meaning} (default {value:g})", type="string", default="")
 
 
 def option(config: pytest.Config, name: str) -> Any:
@@ -114,8 +114,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     worker = hasattr(config, "workerinput")
-    if worker and config.stash.get(_BASELINES, None):
-        config.workeroutput["featcheck_baselines"] = list(config.stash[_BASELINES])  # type: ignore[attr-defined]
+    written: list[str] = config.stash.get(_BASELINES, [])
+    if worker and written:
+        config.workeroutput["featcheck_baselines"] = written  # type: ignore[attr-defined]
     report = config.stash.get(_SESSION, None)
     if report is None:
         return
@@ -129,7 +130,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if hasattr(config, "workerinput"):
         return
     report = config.stash.get(_SESSION, None)
-    written = sorted(config.stash.get(_BASELINES, []))
+    baselines: list[str] = config.stash.get(_BASELINES, [])
+    written = sorted(baselines)
     if report is None and not written:
         return
     terminalreporter.section("featcheck")
