@@ -186,7 +186,8 @@ def _sample(t: torch.Tensor, cdim: int | None) -> tuple[torch.Tensor, tuple[int,
     s = t[0]
     if cdim is None:
         return s.detach().reshape(1).to("cpu", torch.float32, copy=True), ()
-    s = s.movedim(cdim - 1, 0)
+    if cdim != 1:
+        s = s.movedim(cdim - 1, 0)
     spatial = s.shape[1:]
     steps = [1] * len(spatial)
     if math.prod(spatial) > SAMPLE_MAX_POSITIONS:

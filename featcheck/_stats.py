@@ -5,11 +5,14 @@ A hook sees the module's real output tensor, which a later in-place op (``ReLU(i
 device, to a ``[ROWS, C]`` float64 block (see ``ROWS``); only that block outlives the hook.
 
 Cost matters: this runs for every hooked layer of every forward. On the CPU the fast path
-reduces a contiguous ``[A, C, B]`` view with four vectorised reductions (``amin``, ``amax``,
-``sum`` and ``vector_norm`` for the sum of squares; ``var_mean`` and ``x * x`` are several times
-slower). The zero count is derived where the range allows (a channel whose min is above zero or
-whose max is below has none; a constant channel is all zeros or none) and counted, as the sum of
-``sign(x) ** 2``, only where it is not. The fast path falls back to the exact, slower robust path
+reduces a contiguous ``[A, C, B]`` view. With the optional C kernel (``_fast.c``: AVX2, one pass
+per row for min, max, sum, sum of squares and the non-zero count) float32 maps are read once;
+measured 0.8 ms on a 25 MiB map against 3.5 ms for the torch reductions below. Without it (no
+compiler at install, half precision, short rows) four vectorised torch reductions run (``amin``,
+``amax``, ``sum`` and ``vector_norm`` for the sum of squares; ``var_mean`` and ``x * x`` are
+several times slower), and the zero count is derived where the range allows (a channel whose min
+is above zero or whose max is below has none; a constant channel is all zeros or none) and
+counted, as the sum of ``sign(x) ** 2``, only where it is not. The fast path falls back to the exact, slower robust path
 for a tensor with non-finite values (so the other statistics stay meaningful) or with a channel
 whose variance is too small next to its mean for sum-of-squares arithmetic to be trusted.
 On CUDA the robust path always runs: its extra kernels are cheap there, and deciding to fall back
@@ -19,8 +22,14 @@ would need a device-to-host synchronisation per layer.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
+
+try:  # the optional C kernel (featcheck/_fast.c), built at install time when a compiler exists
+    from . import _fast
+except ImportError:  # pragma: no cover - exercised on machines without a compiler
+    _fast = None
 
 # Rows of the per-call block: finite count, mean, M2 (sum of squared deviations), min, max,
 # zero count, non-finite count, values at the lower bound, values at the upper bound.
@@ -129,6 +138,58 @@ def reduce_robust(
     return out
 
 
+# Rows shorter than this go to torch (channels-last layouts have rows of one value).
+_KERNEL_MIN_ROW = 16
+# Maps larger than this are split across two threads (the kernel releases the GIL).
+_KERNEL_SPLIT = 1 << 22
+_pool: ThreadPoolExecutor | None = None
+
+
+def _kernel(v: torch.Tensor) -> np.ndarray | None:
+    """``[5, C]`` per-channel min, max, sum, sum of squares and non-zero count from one pass of
+    the C kernel, or ``None`` where it does not apply (no kernel, not float32, short rows)."""
+    global _pool
+    if _fast is None or v.dtype != torch.float32 or v.shape[2] < _KERNEL_MIN_ROW or not v.is_contiguous():
+        return None
+    a, c, b = v.shape
+    data = v.numpy()
+    out = np.empty((5, c))
+    threads = min(torch.get_num_threads(), 2)
+    if v.numel() >= _KERNEL_SPLIT and c >= 2 and threads > 1:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(1, thread_name_prefix="featcheck")
+        half = c // 2
+        other = _pool.submit(_fast.chanstats, data, a, c, b, out, half, c)
+        _fast.chanstats(data, a, c, b, out, 0, half)
+        other.result()
+    else:
+        _fast.chanstats(data, a, c, b, out, 0, c)
+    return out
+
+
+def _from_fused(fused: np.ndarray, count: float) -> np.ndarray | None:
+    """The block from the kernel's sums, or ``None`` when the exact path must run instead
+    (non-finite values, or a variance too small for sum-of-squares arithmetic)."""
+    mn, mx, s, sq, nonzero = fused
+    if not np.isfinite(s).all():
+        return None
+    out = np.zeros((len(ROWS), fused.shape[1]))
+    mean = np.divide(s, count, out=out[_MEAN])
+    meansq = sq / count
+    var = meansq - mean * mean
+    constant = mn == mx
+    if ((var < _ILL_CONDITIONED * meansq) & ~constant).any():
+        return None
+    var[constant] = 0.0
+    np.maximum(var, 0.0, out=var)
+    np.multiply(var, count, out=out[_M2])
+    out[_N] = count
+    out[_MIN] = mn
+    out[_MAX] = mx
+    np.subtract(count, nonzero, out=out[_ZEROS])
+    return out
+
+
 def reduce_fast(
     x: torch.Tensor,
     cdim: int | None,
@@ -138,12 +199,19 @@ def reduce_fast(
 ) -> np.ndarray | torch.Tensor:
     """The CPU fast path; falls back to :func:`reduce_robust` where it cannot be exact."""
     v = _view3(x, cdim)
-    s = _rows(v, "sum").sum(0)
+    fused = _kernel(v)
+    if fused is not None and bounds is None:
+        block = _from_fused(fused, float(v.shape[0] * v.shape[2]))
+        return reduce_robust(x, cdim, bounds, tol) if block is None else block
+    s = fused[2] if fused is not None else _rows(v, "sum").sum(0)
     if not np.isfinite(s).all():
         return reduce_robust(x, cdim, bounds, tol)
-    mn = _rows(v, "min").min(0)
-    mx = _rows(v, "max").max(0)
-    sq = _rows(v, "sumsq").sum(0)
+    if fused is not None:
+        mn, mx, sq = fused[0], fused[1], fused[3]
+    else:
+        mn = _rows(v, "min").min(0)
+        mx = _rows(v, "max").max(0)
+        sq = _rows(v, "sumsq").sum(0)
     count = float(v.shape[0] * v.shape[2])
     mean = s / count
     meansq = sq / count
@@ -160,7 +228,8 @@ def reduce_fast(
     zeros = np.where(constant & (mn == 0), count, 0.0)
     undecided = ~constant & (mn <= 0) & (mx >= 0)
     if undecided.any():
-        zeros = np.where(undecided, count - _count_nonzero(v, scratch), zeros)
+        nonzero = fused[4] if fused is not None else _count_nonzero(v, scratch)
+        zeros = np.where(undecided, count - nonzero, zeros)
     out[_ZEROS] = zeros
     if bounds is not None:
         lo, hi = _bound_counts(v, bounds, tol)
@@ -189,8 +258,9 @@ class Accumulator:
         self.block: np.ndarray | None = None
 
     def add(self, block: np.ndarray) -> None:
+        """Merge one call's block; the first one is kept as it is (blocks are fresh arrays)."""
         if self.block is None:
-            self.block = np.array(block, dtype=np.float64)
+            self.block = block if block.dtype == np.float64 else block.astype(np.float64)
             return
         a, b = self.block, block
         n = a[_N] + b[_N]

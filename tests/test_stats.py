@@ -116,3 +116,36 @@ def test_saturation_bounds_are_counted_with_tolerance() -> None:
     got = acc.stats()
     assert got["upper_fraction"].tolist() == [1.0, 0.0, 0.0]
     assert got["lower_fraction"].tolist() == [0.0, 0.5, 0.0]
+
+
+KERNEL = pytest.mark.skipif(_stats._fast is None, reason="featcheck._fast was not built (no C compiler at install)")
+
+
+@KERNEL
+def test_the_one_pass_kernel_matches_numpy_per_channel() -> None:
+    x = awkward((3, 7, 41, 13), 1)  # rows of 533 values: vector body and scalar tail
+    a, c, b = 3, 7, 41 * 13
+    out = np.empty((5, c))
+    _stats._fast.chanstats(x.reshape(a, c, b).numpy(), a, c, b, out, 0, c)
+    ref = np.moveaxis(x.double().numpy(), 1, 0).reshape(c, -1)
+    np.testing.assert_array_equal(out[0], ref.min(1))
+    np.testing.assert_array_equal(out[1], ref.max(1))
+    np.testing.assert_allclose(out[2], ref.sum(1), rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(out[3], (ref**2).sum(1), rtol=1e-6)
+    np.testing.assert_array_equal(out[4], (ref != 0).sum(1))
+    with pytest.raises(ValueError, match="buffer sizes"):
+        _stats._fast.chanstats(x.reshape(a, c, b).numpy(), a, c, b + 1, out, 0, c)
+
+
+@KERNEL
+def test_big_maps_split_across_threads_give_the_same_statistics(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = awkward((2, 8, 64, 64), 1)
+    one = stats_of(x, 1)
+    monkeypatch.setattr(_stats, "_KERNEL_SPLIT", 1)
+    assert_matches(stats_of(x, 1), one, rtol=1e-9)
+
+
+def test_without_the_kernel_the_torch_reductions_give_the_same_statistics(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = awkward((4, 6, 9, 7), 1)
+    monkeypatch.setattr(_stats, "_fast", None)
+    assert_matches(stats_of(x, 1), reference(x, 1))
