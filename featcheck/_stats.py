@@ -140,7 +140,9 @@ def reduce_robust(
 
 # Rows shorter than this go to torch (channels-last layouts have rows of one value).
 _KERNEL_MIN_ROW = 16
-# Maps larger than this are split across two threads (the kernel releases the GIL).
+# Maps larger than this are split across two threads (the kernel releases the GIL). Measured on
+# a 25 MiB map: 0.85 -> 0.50 ms when it is still in cache, 0.94 -> 1.20 ms when it is not; a
+# compromise, since a hook cannot know which.
 _KERNEL_SPLIT = 1 << 22
 _pool: ThreadPoolExecutor | None = None
 
@@ -154,8 +156,7 @@ def _kernel(v: torch.Tensor) -> np.ndarray | None:
     a, c, b = v.shape
     data = v.numpy()
     out = np.empty((5, c))
-    threads = min(torch.get_num_threads(), 2)
-    if v.numel() >= _KERNEL_SPLIT and c >= 2 and threads > 1:
+    if v.numel() >= _KERNEL_SPLIT and c >= 2 and torch.get_num_threads() > 1:
         if _pool is None:
             _pool = ThreadPoolExecutor(1, thread_name_prefix="featcheck")
         half = c // 2
