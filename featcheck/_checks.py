@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _config, _selection
+from . import _config
 from ._errors import FeatcheckAssertionError
 
 __all__ = [
