@@ -20,9 +20,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import FeatcheckAssertionError
-from ._paths import safe_filename
+from ._paths import safe_filename, write_atomic
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_KB = 2048
@@ -295,23 +293,6 @@ def baseline_path(test_file: Path, nodeid: str, name: str | None) -> Path:
     return test_file.parent / "__featcheck__" / safe_filename(test_file.stem, 80) / f"{stem}.json"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def check(
     cap: Any,
     *,
@@ -345,7 +326,7 @@ def check(
         )
     if not path.exists():
         if update:
-            write_atomic(path, text)
+            write_atomic(path, text.encode(), durable=True)
             return "written"
         raise FeatcheckAssertionError(
             f"featcheck baseline {display_path} does not exist; nothing was written.\n"
@@ -355,7 +336,7 @@ def check(
         old_doc = load(path)
     except BaselineError as e:
         if update:
-            write_atomic(path, text)
+            write_atomic(path, text.encode(), durable=True)
             return "updated"
         raise FeatcheckAssertionError(
             f"featcheck baseline {display_path} {e}. It was left as it is.\n"
@@ -365,7 +346,7 @@ def check(
     if not diff.structural and not diff.drift:
         return None
     if update:
-        write_atomic(path, text)
+        write_atomic(path, text.encode(), durable=True)
         return "updated"
     by_name = {lc.name: lc for lc in records}
     touched = [y["name"] for y in diff.added] + [y["name"] for _, y, _ in diff.changed] + [n for n, _ in diff.drift]

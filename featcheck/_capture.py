@@ -20,6 +20,7 @@ a module if you need to see it.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 import warnings
 import weakref
@@ -300,8 +301,6 @@ def _channel_dim_override(channel_dim: Any) -> Callable[[str, str], int | None]:
     if isinstance(channel_dim, int):
         return lambda record, module: channel_dim
     if isinstance(channel_dim, Mapping):
-        import fnmatch
-
         def lookup(record: str, module: str) -> int | None:
             for pat, dim in channel_dim.items():
                 if any(fnmatch.fnmatchcase(n, pat) for n in (record, module)):
@@ -410,8 +409,6 @@ class _Recorder:
         return hook
 
     def _bounds_for(self, rname: str, mname: str, module: nn.Module) -> tuple[float, float] | None:
-        import fnmatch
-
         for pat, b in self._bounds.items():
             if any(fnmatch.fnmatchcase(n, pat) for n in (rname, mname)):
                 return (float(b[0]), float(b[1]))

@@ -65,20 +65,28 @@ def _table(rows: Sequence[tuple[str, ...]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
 
 
-Flagged = list[tuple[Any, list[int], str]]
+class _Offences:
+    """The offending layers of one check: the failure table's rows and, for the report, the
+    flagged ``(LayerCapture, channels, check)`` entries, always added together."""
 
+    def __init__(self, check: str) -> None:
+        self.check = check
+        self.rows: list[tuple[str, ...]] = []
+        self.flagged: list[tuple[Any, list[int], str]] = []
 
-def _fail(
-    title: str,
-    rows: Sequence[tuple[str, ...]],
-    flagged: Flagged,
-    notes: Iterable[str] = (),
-) -> None:
-    __tracebackhide__ = True
-    text = f"{title}\n{_table(rows)}"
-    for note in notes:
-        text += f"\n{note}"
-    raise FeatcheckAssertionError(text, flagged)
+    def add(self, lc: Any, expected: str, measured: str, channels: list[int] | None = None) -> None:
+        self.rows.append((lc.name, expected, measured, "-" if channels is None else _channels(channels), str(lc.samples)))
+        self.flagged.append((lc, list(channels or []), self.check))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def fail(self, title: str, notes: Iterable[str] = ()) -> None:
+        __tracebackhide__ = True
+        text = f"{title}\n{_table(self.rows)}"
+        for note in notes:
+            text += f"\n{note}"
+        raise FeatcheckAssertionError(text, self.flagged)
 
 
 def _fraction(value: float | None, name: str) -> float:
@@ -165,27 +173,22 @@ def assert_no_dead_channels(
     __tracebackhide__ = True
     allowed = _fraction(max_fraction, "max_dead_fraction")
     tol = _config.get("dead_tolerance", tolerance)
-    rows: list[tuple[str, ...]] = []
-    flagged: Flagged = []
+    found = _Offences("dead")
     records = _records(cap, layers)
     for lc in records:
         dead = dead_channels(lc, tol)
         if dead and len(dead) / lc.channels > allowed:
-            flagged.append((lc, dead, "dead"))
-            rows.append((
-                lc.name,
+            found.add(
+                lc,
                 f"<= {allowed:.0%} dead",
                 f"{len(dead)}/{lc.channels} dead ({len(dead) / lc.channels:.1%})",
-                _channels(dead),
-                str(lc.samples),
-            ))
+                dead,
+            )
     notes = _bn_note(cap, "dead-channel")
-    if rows:
-        _fail(
-            f"dead channels in {len(rows)} of {_layers(len(records))} (a dead channel never varies: "
+    if found:
+        found.fail(
+            f"dead channels in {len(found)} of {_layers(len(records))} (a dead channel never varies: "
             f"max - min <= {tol:g} x the layer's largest |value|)",
-            rows,
-            flagged,
             notes,
         )
 
@@ -213,44 +216,34 @@ def assert_not_saturated(
     records = _records(cap, layers)
     if layers is None:
         records = [lc for lc in records if lc.bounds is not None]
-    rows: list[tuple[str, ...]] = []
-    flagged: Flagged = []
+    found = _Offences("saturated")
     for lc in records:
         sat = saturated_channels(lc, q)
         if sat and len(sat) / lc.channels > allowed:
-            flagged.append((lc, sat, "saturated"))
             at = lc.stats["lower_fraction"] + lc.stats["upper_fraction"]
             lo, hi = lc.bounds
-            rows.append((
-                lc.name,
+            found.add(
+                lc,
                 f"<= {allowed:.0%} channels with >= {q:.0%} at {lo:g} or {hi:g}",
                 f"{len(sat)}/{lc.channels} saturated (worst {at.max():.1%} at a bound)",
-                _channels(sat),
-                str(lc.samples),
-            ))
+                sat,
+            )
     notes = _bn_note(cap, "saturation")
-    if rows:
-        _fail(f"saturated channels in {len(rows)} of {_layers(len(records))}", rows, flagged, notes)
+    if found:
+        found.fail(f"saturated channels in {len(found)} of {_layers(len(records))}", notes)
 
 
 def assert_finite(cap: Any, layers: Any = None) -> None:
     """Fail if any selected layer produced a NaN or Inf; names the first such layer in call order
     (where to look: later layers usually inherit it)."""
     __tracebackhide__ = True
-    rows: list[tuple[str, ...]] = []
-    flagged: Flagged = []
+    found = _Offences("nonfinite")
     for lc in _records(cap, layers):
         bad = np.flatnonzero(lc.stats["nonfinite"] > 0).tolist()
         if bad:
-            flagged.append((lc, bad, "nonfinite"))
-            total = int(lc.stats["nonfinite"].sum())
-            rows.append((lc.name, "finite", f"{total} NaN/Inf values", _channels(bad), str(lc.samples)))
-    if rows:
-        _fail(
-            f"non-finite values in {_layers(len(rows))}; the first in call order is {rows[0][0]!r}",
-            rows,
-            flagged,
-        )
+            found.add(lc, "finite", f"{int(lc.stats['nonfinite'].sum())} NaN/Inf values", bad)
+    if found:
+        found.fail(f"non-finite values in {_layers(len(found))}; the first in call order is {found.rows[0][0]!r}")
 
 
 def _expected_records(cap: Any, expected: Mapping[str, Any], what: str) -> list[tuple[Any, Any]]:
@@ -272,17 +265,15 @@ def assert_shapes(cap: Any, expected: Mapping[str, Sequence[int | None]]) -> Non
     """Fail if any layer's output shape differs; ``None`` is a wildcard per dimension and a wrong
     rank is a failure. Keys are names or patterns (a pattern checks every layer it matches)."""
     __tracebackhide__ = True
-    rows: list[tuple[str, ...]] = []
-    flagged: Flagged = []
+    found = _Offences("shape")
     for lc, want in _expected_records(cap, expected, "expected shapes"):
         want = tuple(want)
         got = tuple(lc.shape)
         ok = len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got))
         if not ok:
-            flagged.append((lc, [], "shape"))
-            rows.append((lc.name, _fmt_shape(want), _fmt_shape(got), "-", str(lc.samples)))
-    if rows:
-        _fail(f"wrong output shape in {_layers(len(rows))}", rows, flagged)
+            found.add(lc, _fmt_shape(want), _fmt_shape(got))
+    if found:
+        found.fail(f"wrong output shape in {_layers(len(found))}")
 
 
 def _stride_holds(size_in: int, size_out: int, s: float) -> bool:
@@ -297,33 +288,25 @@ def assert_strides(cap: Any, expected: Mapping[str, float | Sequence[float]]) ->
     per spatial dimension. The message shows the measured reduction.
     """
     __tracebackhide__ = True
-    rows: list[tuple[str, ...]] = []
-    flagged: Flagged = []
+    found = _Offences("stride")
     for lc, want in _expected_records(cap, expected, "expected strides"):
         spatial, size_in = lc.spatial, lc.input_size
         wants = tuple(want) if isinstance(want, (tuple, list)) else (want,) * max(len(spatial), 1)
         if any(not isinstance(w, (int, float)) or w <= 0 for w in wants):
             raise ValueError(f"expected stride for {lc.name!r} must be positive numbers, got {want!r}")
+        expected_text = "x".join(f"{w:g}" for w in wants)
         if lc.stride is None or size_in is None or len(wants) != len(spatial):
-            flagged.append((lc, [], "stride"))
-            rows.append((
-                lc.name,
-                "x".join(f"{w:g}" for w in wants),
+            found.add(
+                lc,
+                expected_text,
                 f"no spatial dims matching the input (shape {tuple(lc.shape)})"
                 if lc.stride is None
                 else f"{len(spatial)} spatial dims, {len(wants)} strides given",
-                "-",
-                str(lc.samples),
-            ))
+            )
             continue
         if not all(_stride_holds(i, o, w) for i, o, w in zip(size_in, spatial, wants)):
             measured = "x".join(f"{s:.4g}" for s in lc.stride)
             sizes = "x".join(map(str, size_in)) + " -> " + "x".join(map(str, spatial))
-            flagged.append((lc, [], "stride"))
-            rows.append((lc.name, "x".join(f"{w:g}" for w in wants), f"{measured} ({sizes})", "-", str(lc.samples)))
-    if rows:
-        _fail(
-            f"wrong stride in {_layers(len(rows))} (expected: output = floor or ceil of input / stride)",
-            rows,
-            flagged,
-        )
+            found.add(lc, expected_text, f"{measured} ({sizes})")
+    if found:
+        found.fail(f"wrong stride in {_layers(len(found))} (expected: output = floor or ceil of input / stride)")

@@ -140,7 +140,7 @@ def _check_options(options: dict[str, Any], renderer: str) -> None:
     """Reject misspelt options at the call, not silently at report time."""
     from . import _render
 
-    params = inspect.signature(getattr(_render, renderer)).parameters
+    params = [p for p in inspect.signature(getattr(_render, renderer)).parameters if not p.startswith("_")]
     unknown = sorted(set(options) - set(params) - {"title"})
     if unknown:
         raise TypeError(

@@ -458,6 +458,7 @@ def channel_grid(
     layout: str | None = None,
     depth: str = "middle",
     title: str | None = None,
+    _tiles: list[Any] | None = None,
 ) -> Image.Image:
     """Every channel of a feature map as a tile in one image.
 
@@ -500,6 +501,8 @@ def channel_grid(
     idx = _choose(maps, c if max_channels is None else max_channels, select, flagged)
     q, bad, desc = _quantise(maps, idx, normalize, shared, percentile)
     cmap = cmap or ("RdBu_r" if normalize == "symmetric" else "viridis")
+    if _tiles is not None:  # save_channels reuses the quantised channels instead of redoing them
+        _tiles[:] = [idx, q, bad, _lut(cmap), min_tile]
     pos = {ch: i for i, ch in enumerate(idx)}
     frames: dict[str, list[int]] = {}
     if marks:
@@ -792,19 +795,15 @@ def save_channels(x: Any, directory: str | Path, *, name: str | None = None, **g
         raise ValueError("save_channels needs name= for a tensor: it names the folder")
     folder = Path(directory) / safe_filename(layer)
     folder.mkdir(parents=True, exist_ok=True)
-    grid_options = {**grid_options, "max_channels": None}
-    channel_grid(x, **grid_options).save(folder / "grid.png", compress_level=1)
-    maps = _maps(x, grid_options.get("layout"), grid_options.get("depth", "middle"), grid_options.get("bounds"))
-    normalize = grid_options.get("normalize", "minmax")
-    idx = list(range(maps.data.shape[0]))
-    q, bad, _ = _quantise(maps, idx, normalize, grid_options.get("shared", False), grid_options.get("percentile", (1.0, 99.0)))
-    lut = _lut(grid_options.get("cmap") or ("RdBu_r" if normalize == "symmetric" else "viridis"))
-    up_y, up_x, step_y, step_x = _scale_for(q.shape[1], q.shape[2], grid_options.get("min_tile", 24), 1 << 30)
-    width = len(str(len(idx) - 1))
+    tiles: list[Any] = []
+    channel_grid(x, **{**grid_options, "max_channels": None}, _tiles=tiles).save(folder / "grid.png", compress_level=1)
+    idx, q, bad, lut, min_tile = tiles
+    up_y, up_x, _, _ = _scale_for(q.shape[1], q.shape[2], min_tile, 1 << 30)
+    width = max(4, len(str(len(idx) - 1)))
     for i in idx:
         rgb = lut[q[i].repeat(up_y, 0).repeat(up_x, 1)]
         rgb[bad[i].repeat(up_y, 0).repeat(up_x, 1)] = NONFINITE_PIXEL
-        Image.fromarray(rgb).save(folder / f"channel_{i:0{max(4, width)}d}.png", compress_level=1)
+        Image.fromarray(rgb).save(folder / f"channel_{i:0{width}d}.png", compress_level=1)
     return folder
 
 

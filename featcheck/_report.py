@@ -19,15 +19,13 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ._errors import FeatcheckAssertionError
-from ._paths import safe_filename
+from ._paths import safe_filename, write_atomic
 
 ATTACH_MODES = ("all", "failed", "none")
 MANIFEST = ".featcheck-manifest.json"
@@ -260,25 +258,6 @@ def _outcome(report: pytest.TestReport) -> str:
     return report.outcome
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".featcheck-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class ReportSession:
     """The state of one pytest run with ``--featcheck``."""
 
@@ -371,17 +350,12 @@ class ReportSession:
         old = self._previous_files()
         self.records.sort(key=lambda r: r["nodeid"])
         written: list[str] = []
-        used: set[str] = set()
         for i, rec in enumerate(self.records):
             folder = f"img/{i:04d}-{safe_filename(rec['nodeid'], 60)}"
             rec["anchor"] = f"t{i:04d}"
             for k, pic in enumerate(rec["pictures"]):
                 rel = f"{folder}/{k:02d}-{safe_filename(pic['name'], 60)}.png"
-                assert rel not in used
-                used.add(rel)
-                path = self.dir / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _write_atomic(path, pic["png"])
+                write_atomic(self.dir / rel, pic["png"])
                 pic["file"] = rel
                 written.append(rel)
         summary = {
@@ -398,13 +372,13 @@ class ReportSession:
                 for r in self.records
             ],
         }
-        _write_atomic(self.dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True).encode())
-        _write_atomic(self.dir / "index.html", gallery_html(self.records).encode())
+        write_atomic(self.dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True).encode())
+        write_atomic(self.dir / "index.html", gallery_html(self.records).encode())
         keep = {(self.dir / p).resolve() for p in [*written, *_OWN_FILES]}
         for p in old:
             if p not in keep and p.is_file():
                 p.unlink()
-        _write_atomic(self.dir / MANIFEST, json.dumps({"files": [*written, *_OWN_FILES]}).encode())
+        write_atomic(self.dir / MANIFEST, json.dumps({"files": [*written, *_OWN_FILES]}).encode())
         for d in sorted({p.parent for p in old}, key=lambda d: len(d.parts), reverse=True):
             if d != self.dir.resolve() and d.is_dir() and not any(d.iterdir()):
                 d.rmdir()

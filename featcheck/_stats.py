@@ -168,29 +168,6 @@ def _kernel(v: torch.Tensor) -> np.ndarray | None:
     return out
 
 
-def _from_fused(fused: np.ndarray, count: float) -> np.ndarray | None:
-    """The block from the kernel's sums, or ``None`` when the exact path must run instead
-    (non-finite values, or a variance too small for sum-of-squares arithmetic)."""
-    mn, mx, s, sq, nonzero = fused
-    if not np.isfinite(s).all():
-        return None
-    out = np.zeros((len(ROWS), fused.shape[1]))
-    mean = np.divide(s, count, out=out[_MEAN])
-    meansq = sq / count
-    var = meansq - mean * mean
-    constant = mn == mx
-    if ((var < _ILL_CONDITIONED * meansq) & ~constant).any():
-        return None
-    var[constant] = 0.0
-    np.maximum(var, 0.0, out=var)
-    np.multiply(var, count, out=out[_M2])
-    out[_N] = count
-    out[_MIN] = mn
-    out[_MAX] = mx
-    np.subtract(count, nonzero, out=out[_ZEROS])
-    return out
-
-
 def reduce_fast(
     x: torch.Tensor,
     cdim: int | None,
@@ -201,15 +178,14 @@ def reduce_fast(
     """The CPU fast path; falls back to :func:`reduce_robust` where it cannot be exact."""
     v = _view3(x, cdim)
     fused = _kernel(v)
-    if fused is not None and bounds is None:
-        block = _from_fused(fused, float(v.shape[0] * v.shape[2]))
-        return reduce_robust(x, cdim, bounds, tol) if block is None else block
-    s = fused[2] if fused is not None else _rows(v, "sum").sum(0)
+    if fused is not None:
+        mn, mx, s, sq, nonzero = fused
+    else:
+        nonzero = None
+        s = _rows(v, "sum").sum(0)  # first, so that non-finite maps skip the other passes
     if not np.isfinite(s).all():
         return reduce_robust(x, cdim, bounds, tol)
-    if fused is not None:
-        mn, mx, sq = fused[0], fused[1], fused[3]
-    else:
+    if fused is None:
         mn = _rows(v, "min").min(0)
         mx = _rows(v, "max").max(0)
         sq = _rows(v, "sumsq").sum(0)
@@ -226,12 +202,14 @@ def reduce_fast(
     out[_M2] = np.where(constant, 0.0, np.maximum(var, 0.0) * count)
     out[_MIN] = mn
     out[_MAX] = mx
-    zeros = np.where(constant & (mn == 0), count, 0.0)
-    undecided = ~constant & (mn <= 0) & (mx >= 0)
-    if undecided.any():
-        nonzero = fused[4] if fused is not None else _count_nonzero(v, scratch)
-        zeros = np.where(undecided, count - nonzero, zeros)
-    out[_ZEROS] = zeros
+    if nonzero is not None:
+        out[_ZEROS] = count - nonzero
+    else:  # count only the channels whose range cannot rule zeros in or out
+        zeros = np.where(constant & (mn == 0), count, 0.0)
+        undecided = ~constant & (mn <= 0) & (mx >= 0)
+        if undecided.any():
+            zeros = np.where(undecided, count - _count_nonzero(v, scratch), zeros)
+        out[_ZEROS] = zeros
     if bounds is not None:
         lo, hi = _bound_counts(v, bounds, tol)
         out[_LO], out[_HI] = lo.numpy(), hi.numpy()
