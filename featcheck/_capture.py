@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _config, _layout, _selection, _stats
+from . import _config, _layout, _selection, _stats, _verdicts
 
 __all__ = ["Capture", "LayerCapture", "capture", "watch"]
 
@@ -145,16 +145,12 @@ class LayerCapture:
 
     def dead_channels(self, tolerance: float | None = None) -> list[int]:
         """Indices of channels that never varied; see :func:`featcheck.assert_no_dead_channels`."""
-        from ._checks import dead_channels
-
-        return dead_channels(self, tolerance)
+        return _verdicts.dead_channels(self, tolerance)
 
     def saturated_channels(self, fraction: float | None = None) -> list[int]:
         """Indices of channels with ``fraction`` of values at a bound; see
         :func:`featcheck.assert_not_saturated`."""
-        from ._checks import saturated_channels
-
-        return saturated_channels(self, fraction)
+        return _verdicts.saturated_channels(self, fraction)
 
     def _add(self, block: np.ndarray) -> None:
         self._acc.add(block)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _config
+from . import _verdicts
 from ._errors import FeatcheckAssertionError
 
 __all__ = [
@@ -90,10 +90,7 @@ class _Offences:
 
 
 def _fraction(value: float | None, name: str) -> float:
-    v = _config.get(name, value)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name} must be a fraction in [0, 1], got {v!r}")
-    return v
+    return _verdicts.fraction(value, name)
 
 
 def _bn_note(cap: Any, kind: str) -> list[str]:
@@ -112,7 +109,7 @@ def _bn_note(cap: Any, kind: str) -> list[str]:
     return [text]
 
 
-# -- per-layer verdicts ----------------------------------------------------------------------------
+# -- per-layer verdicts (owned by _verdicts) ---------------------------------------------------
 
 
 def dead_channels(lc: Any, tolerance: float | None = None) -> list[int]:
@@ -123,36 +120,16 @@ def dead_channels(lc: Any, tolerance: float | None = None) -> list[int]:
     two values seen cannot vary and are not judged; channels with no finite value are not dead
     (``assert_finite`` reports them).
     """
-    tol = _config.get("dead_tolerance", tolerance)
-    if tol < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tol!r}")
-    st = lc.stats
-    mn, mx = st["min"], st["max"]
-    finite = np.isfinite(mn) & np.isfinite(mx)
-    if not finite.any():
-        return []
-    scale = float(np.max(np.abs(np.concatenate([mn[finite], mx[finite]]))))
-    dead = finite & (st["count"] >= 2) & ((mx - mn) <= tol * scale)
-    return np.flatnonzero(dead).tolist()
+    return _verdicts.dead_channels(lc, tolerance)
 
 
-def saturated_channels(
-    lc: Any, fraction: float | None = None
-) -> list[int]:
+def saturated_channels(lc: Any, fraction: float | None = None) -> list[int]:
     """Channels with at least ``fraction`` of their values at the layer's output bounds.
 
     Bounds come from the module (Sigmoid, Tanh, Hardtanh, ReLU6, Hardsigmoid) or from
     ``bounds=`` given to capture; the counts were made in the hook, so this costs no forward pass.
     """
-    q = _fraction(fraction, "saturation_fraction")
-    if lc.bounds is None:
-        raise ValueError(
-            f"layer {lc.name!r} ({lc.module_type}) has no known output bounds, so its saturation "
-            "was not counted. Pass bounds={'" + lc.module_name + "': (low, high)} to "
-            "featcheck.capture / featcheck.watch."
-        )
-    at = lc.stats["lower_fraction"] + lc.stats["upper_fraction"]
-    return np.flatnonzero(at >= q).tolist()
+    return _verdicts.saturated_channels(lc, fraction)
 
 
 # -- assertions ---------------------------------------------------------------------------------------
@@ -172,7 +149,7 @@ def assert_no_dead_channels(
     """
     __tracebackhide__ = True
     allowed = _fraction(max_fraction, "max_dead_fraction")
-    tol = _config.get("dead_tolerance", tolerance)
+    tol = _verdicts.tolerance(tolerance)
     found = _Offences("dead")
     records = _records(cap, layers)
     for lc in records:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from . import _config, _verdicts
 from ._paths import safe_filename
 
 __all__ = [
@@ -229,17 +230,16 @@ def _maps(x: Any, layout: str | None, depth: str, bounds: tuple[float, float] | 
     lo_h, hi_h = lo.cpu().numpy().astype(np.float64), hi.cpu().numpy().astype(np.float64)
     lo_h[~np.isfinite(lo_h)] = np.nan
     hi_h[~np.isfinite(hi_h)] = np.nan
-    scale = np.nanmax(np.abs(np.concatenate([lo_h, hi_h]))) if np.isfinite(lo_h).any() else 0.0
     marks = {
         "nonfinite": torch.nonzero(~fin.all(1)).flatten().tolist(),
-        "dead": np.flatnonzero((hi_h - lo_h) <= 1e-6 * scale).tolist() if flat.shape[1] > 1 else [],
+        "dead": _verdicts.dead(lo_h, hi_h, np.full(len(lo_h), flat.shape[1])),
         "saturated": [],
     }
     if bounds is not None:
         b_lo, b_hi = bounds
-        eps = 1e-3 * (b_hi - b_lo)
+        eps = _config.get("saturation_tolerance") * (b_hi - b_lo)
         at = ((flat <= b_lo + eps) | (flat >= b_hi - eps)).float().mean(1)
-        marks["saturated"] = torch.nonzero(at >= 0.99).flatten().tolist()
+        marks["saturated"] = _verdicts.saturated(at.cpu().numpy())
     return _Maps(m, "", shape, m.shape[0], notes, lo=lo_h, hi=hi_h, marks=marks)
 
 
