@@ -1,246 +1,40 @@
-"""The capture engine: hooks that reduce every selected layer's output as it is produced.
+"""``featcheck.capture`` and ``featcheck.watch``: hook a model, run it, hand it back as found.
 
-Naming (stable, a contract for baselines and reports):
+The pieces: :mod:`._recorder` holds the hooks and the naming rules, :mod:`._records` the data
+model (:class:`Capture`, :class:`LayerCapture`), :mod:`._state` what "left as found" covers. This
+module checks the arguments, selects the layers, and makes attaching and restoring safe:
 
-* A record is named after the module's qualified name from ``named_modules()``.
-* A module called more than once per forward pass gets one record per call: the first call
-  keeps the plain name, later calls append ``:2``, ``:3``, ... (``layer1.0.relu``,
-  ``layer1.0.relu:2``, ``layer1.0.relu:3``). Counters restart with every forward pass of the
-  model.
-* An output that is not one tensor is flattened to one record per tensor, with a key path
-  appended: ``[key]`` for mapping keys (dicts, HF-style model outputs), ``[i]`` for list and
-  tuple positions, ``[field]`` for namedtuple and dataclass fields; nesting concatenates
-  (``backbone[out]``, ``rpn[0][1]``). ``None`` and other non-tensor leaves are skipped.
-
-What is not captured: functional calls (``F.relu(x)``, ``x + y``) and modules whose
-``forward`` is called directly (``module.forward(x)``) fire no module hook; put the operation in
-a module if you need to see it.
+* Arguments are validated before anything is hooked (a typo in ``layers=``, ``bounds=`` or
+  ``channel_dim=`` raises :class:`LayerNotFoundError` naming the closest layers).
+* One model is inspected by one capture or watch at a time: a second, overlapping one (another
+  thread, or nested in the same thread) is refused with a clear error, since both would see each
+  other's forwards. Different models may be captured from different threads at once.
+* Attaching and restoring are atomic with respect to Ctrl-C: in the main thread a SIGINT that
+  arrives while hooks are being added or the model is being restored is held back and raised
+  once the model is consistent again (hooks all on, or all off and the state put back).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
-import math
+import re
+import signal
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from . import _config, _layout, _selection, _stats, _verdicts
+from . import _selection
+from ._records import Capture, LayerCapture
+from ._recorder import Recorder
+from ._state import ModelState, preserved_rng
 
-__all__ = ["Capture", "LayerCapture", "capture", "watch"]
-
-# The rendering sample is subsampled with a regular step (LayerCapture.sample_step says by how
-# much) to at most SAMPLE_MAX_POSITIONS positions per channel (32 x 32 for images) and about
-# SAMPLE_MAX_VALUES values per layer, but never below 8 x 8: copying it is part of every hook's
-# cost, measured at 21 ms per resnet50 capture before the per-layer budget. 1-D maps (signals,
-# token sequences, which must keep their square grid) keep up to 4096 positions.
-SAMPLE_MAX_POSITIONS = 1024
-SAMPLE_MAX_VALUES = 1 << 16
-_SAMPLE_MIN_POSITIONS = 64
-_SAMPLE_MAX_1D = 4096
-_MAX_KEY_DEPTH = 8
-
-
-class LayerCapture:
-    """What featcheck recorded of one layer (one call of one module, one output tensor).
-
-    Attributes:
-        name: the record's unique name (see the module docstring for the rules).
-        module_name: qualified name of the module in ``named_modules()``.
-        module_type: the module's class name.
-        call: which call of the module in a forward pass this is (1 for the first).
-        key: the key path inside the module's output ('' when it returned one tensor).
-        channel_dim: the axis holding channels in the output, ``None`` for rank < 2.
-        shape: output shape of the last call.
-        dtype: dtype of the output, as a string (``"torch.float16"``).
-        stride: measured reduction per spatial dimension relative to the model input
-            (input size / output size), ``None`` when the output has no spatial dimensions
-            matching the input's.
-        input_size: spatial size of the model input of the last forward (``None`` if unknown).
-        samples: how many samples (batch entries) the statistics cover.
-        forwards: how many calls the statistics cover.
-        bounds: output bounds used for saturation counts, or ``None``.
-        sample: first sample of the first call, on the CPU, float32, channels first
-            (``[C, *spatial]``); ``None`` if capture was asked not to keep samples.
-        sample_step: subsampling step per spatial dimension of ``sample`` (all 1: full size).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        module: nn.Module,
-        module_name: str,
-        call: int,
-        key: str,
-        channel_dim: int | None,
-        channels: int,
-        bounds: tuple[float, float] | None,
-    ) -> None:
-        self.name = name
-        self.module_name = module_name
-        self.module_type = type(module).__name__
-        self.module_class: type = type(module)
-        self._module = weakref.ref(module)
-        self.call = call
-        self.key = key
-        self.channel_dim = channel_dim
-        self.channels = channels
-        self._params: int | None = None
-        self.bounds = bounds
-        self.shape: tuple[int, ...] = ()
-        self.dtype = ""
-        self.stride: tuple[float, ...] | None = None
-        self.input_size: tuple[int, ...] | None = None
-        self.samples = 0
-        self.forwards = 0
-        self.sample: torch.Tensor | None = None
-        self.sample_step: tuple[int, ...] = ()
-        self._acc = _stats.Accumulator(channels)
-        self._stats: dict[str, np.ndarray] | None = None
-
-    @property
-    def params(self) -> int | None:
-        """Number of parameters of the module (``None`` once the model is gone)."""
-        if self._params is None:
-            module = self._module()
-            if module is not None:
-                self._params = sum(p.numel() for p in module.parameters())
-        return self._params
-
-    @property
-    def module(self) -> nn.Module | None:
-        """The module, while the model is alive."""
-        return self._module()
-
-    @property
-    def spatial(self) -> tuple[int, ...]:
-        """Output sizes of the dimensions other than batch and channels."""
-        if len(self.shape) < 2:
-            return ()
-        return tuple(s for i, s in enumerate(self.shape) if i not in (0, self.channel_dim))
-
-    @property
-    def stats(self) -> dict[str, np.ndarray]:
-        """Per-channel statistics over every sample and position seen (read-only arrays).
-
-        ``min``, ``max``, ``mean``, ``std`` (population, correction 0) over the finite values;
-        ``zero_fraction`` over all values, and for layers with saturation ``bounds`` the
-        ``lower_fraction`` / ``upper_fraction`` of values at each bound; ``nonfinite`` and
-        ``count`` (values per channel) as integer counts.
-        A channel with no finite value has NaN for min, max, mean and std.
-        """
-        if self._stats is None:
-            stats = self._acc.stats()
-            if self.bounds is None:
-                del stats["lower_fraction"], stats["upper_fraction"]
-            self._stats = stats
-        return self._stats
-
-    def dead_channels(self, tolerance: float | None = None) -> list[int]:
-        """Indices of channels that never varied; see :func:`featcheck.assert_no_dead_channels`."""
-        return _verdicts.dead_channels(self, tolerance)
-
-    def saturated_channels(self, fraction: float | None = None) -> list[int]:
-        """Indices of channels with ``fraction`` of values at a bound; see
-        :func:`featcheck.assert_not_saturated`."""
-        return _verdicts.saturated_channels(self, fraction)
-
-    def _add(self, block: np.ndarray) -> None:
-        self._acc.add(block)
-        self._stats = None
-
-    def __repr__(self) -> str:
-        stride = "-" if self.stride is None else "x".join(f"{s:g}" for s in self.stride)
-        return (
-            f"LayerCapture({self.name!r}, {self.module_type}, shape={tuple(self.shape)}, "
-            f"channels={self.channels}, stride={stride}, samples={self.samples})"
-        )
-
-
-def _flatten(obj: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
-    if isinstance(obj, torch.Tensor):
-        yield path, obj
-    elif obj is None or depth >= _MAX_KEY_DEPTH:
-        return
-    elif isinstance(obj, Mapping):
-        for k, v in obj.items():
-            yield from _flatten(v, f"{path}[{k}]", depth + 1)
-    elif isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        for k in obj._fields:
-            yield from _flatten(getattr(obj, k), f"{path}[{k}]", depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _flatten(v, f"{path}[{i}]", depth + 1)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            yield from _flatten(getattr(obj, f.name), f"{path}[{f.name}]", depth + 1)
-
-
-def _sample(t: torch.Tensor, cdim: int | None) -> tuple[torch.Tensor, tuple[int, ...]]:
-    if t.ndim == 0:
-        return t.detach().reshape(1).to("cpu", torch.float32, copy=True), ()
-    s = t[0]
-    if cdim is None:
-        return s.detach().reshape(1).to("cpu", torch.float32, copy=True), ()
-    if cdim != 1:
-        s = s.movedim(cdim - 1, 0)
-    spatial = s.shape[1:]
-    steps = [1] * len(spatial)
-    if len(spatial) == 1:
-        cap = _SAMPLE_MAX_1D
-    else:
-        cap = max(_SAMPLE_MIN_POSITIONS, min(SAMPLE_MAX_POSITIONS, SAMPLE_MAX_VALUES // max(1, s.shape[0])))
-    if spatial and math.prod(spatial) > cap:
-        side = max(1, int(cap ** (1 / len(spatial))))
-        steps = [max(1, math.ceil(n / side)) for n in spatial]
-        s = s[(slice(None), *(slice(None, None, st) for st in steps))]
-    if s.device.type == "cpu" and s.dtype == torch.float32:
-        return s.clone(), tuple(steps)
-    return s.to("cpu", torch.float32, copy=True), tuple(steps)
-
-
-def _spatial_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, ...] | None:
-    for a in (*args, *kwargs.values()):
-        if isinstance(a, torch.Tensor) and a.ndim >= 3:
-            return tuple(a.shape[2:])
-    return None
-
-
-# Modules whose output range is known: saturation is counted against these bounds.
-def _module_bounds(module: nn.Module) -> tuple[float, float] | None:
-    if isinstance(module, (nn.Sigmoid, nn.Hardsigmoid)):
-        return (0.0, 1.0)
-    if isinstance(module, nn.Tanh):
-        return (-1.0, 1.0)
-    if isinstance(module, nn.ReLU6):
-        return (0.0, 6.0)
-    if isinstance(module, nn.Hardtanh):
-        return (float(module.min_val), float(module.max_val))
-    return None
-
-
-def default_batchnorm(model: nn.Module) -> list[str]:
-    """BatchNorm layers in eval mode that still hold their initial running statistics."""
-    out = []
-    for name, m in model.named_modules():
-        if (
-            isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and not m.training
-            and m.running_mean is not None
-            and m.running_var is not None
-            and (m.num_batches_tracked is None or int(m.num_batches_tracked) == 0)
-            and not bool(m.running_mean.any())
-            and bool((m.running_var == 1).all())
-        ):
-            out.append(name)
-    return out
+__all__ = ["Capture", "LayerCapture", "capture", "select_modules", "unwrap", "watch"]
 
 
 def unwrap(model: Any) -> tuple[nn.Module, str]:
@@ -291,260 +85,179 @@ def select_modules(model: nn.Module, layers: Any) -> dict[str, nn.Module]:
     return {n: modules[n] for n in names}
 
 
+_RECORD_SUFFIX = re.compile(r"(:\d+)?(\[[^\]]*\])*$")
+
+
+def _key_matches(key: str, names: list[str]) -> bool:
+    """Does a ``bounds``/``channel_dim`` key name a module or a record of one (``relu:2``,
+    ``backbone[out]``)?"""
+    stems = {key, _RECORD_SUFFIX.sub("", key)}
+    for stem in stems:
+        if _selection.is_pattern(stem):
+            if any(fnmatch.fnmatchcase(n, stem) for n in names):
+                return True
+        elif stem in names:
+            return True
+    return False
+
+
+def _check_keys(keys: Any, what: str, model: nn.Module) -> None:
+    names = [n for n, _ in model.named_modules()]
+    for key in keys:
+        if not isinstance(key, str):
+            raise TypeError(f"{what} keys must be layer names or patterns (str), got {type(key).__name__}: {key!r}")
+        if not _key_matches(key, names):
+            err = _selection.not_found(key, names, f"{type(model).__name__}.named_modules()")
+            raise type(err)(f"{what}: {err}") from None
+
+
 def _channel_dim_override(channel_dim: Any) -> Callable[[str, str], int | None]:
     if channel_dim is None:
         return lambda record, module: None
-    if isinstance(channel_dim, int):
+    if isinstance(channel_dim, int) and not isinstance(channel_dim, bool):
         return lambda record, module: channel_dim
     if isinstance(channel_dim, Mapping):
+        for k, v in channel_dim.items():
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"channel_dim[{k!r}] must be an int (a dim of the output), got {type(v).__name__}: {v!r}")
+        dims = dict(channel_dim)
+
         def lookup(record: str, module: str) -> int | None:
-            for pat, dim in channel_dim.items():
+            for pat, dim in dims.items():
                 if any(fnmatch.fnmatchcase(n, pat) for n in (record, module)):
-                    return int(dim)
+                    return dim
             return None
 
         return lookup
     raise TypeError(
         "channel_dim must be an int, a mapping of layer name or pattern to int, or None; "
-        f"got {type(channel_dim).__name__}"
+        f"got {type(channel_dim).__name__}: {channel_dim!r}"
     )
 
 
-class _Recorder:
-    def __init__(
-        self,
-        root: nn.Module,
-        selected: dict[str, nn.Module],
-        *,
-        channel_dim: Any = None,
-        bounds: Mapping[str, tuple[float, float]] | None = None,
-        saturation_tol: float | None = None,
-        keep_samples: bool = True,
-    ) -> None:
-        self.root = root
-        self.selected = selected
-        self.records: dict[str, LayerCapture] = {}
-        self.output: Any = None
-        self.forwards = 0
-        self.default_batchnorm: list[str] = []
-        self._override = _channel_dim_override(channel_dim)
-        self._bounds = dict(bounds or {})
-        self._tol = _config.get("saturation_tolerance", saturation_tol)
-        self._keep_samples = keep_samples
-        self._calls: dict[str, int] = {}
-        self._pending: list[tuple[LayerCapture, np.ndarray | torch.Tensor]] = []
-        self._tags = _layout.Tags()
-        self._scratch = _stats.Scratch()
-        self._input_size: tuple[int, ...] | None = None
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        for pat, b in self._bounds.items():
-            if not (isinstance(b, (tuple, list)) and len(b) == 2 and float(b[0]) < float(b[1])):
-                raise ValueError(
-                    f"bounds[{pat!r}] must be a (low, high) pair with low < high, got {b!r}"
-                )
-
-    # hooks ---------------------------------------------------------------------------
-    def attach(self) -> None:
-        try:
-            self._handles.append(
-                self.root.register_forward_pre_hook(self._start, with_kwargs=True, prepend=True)
-            )
-            for name, module in self.root.named_modules():
-                if name in self.selected or (
-                    next(module.children(), None) is None and module is not self.root
-                ):
-                    hook = self._make_hook(name, record=name in self.selected)
-                    self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
-            self._handles.append(
-                self.root.register_forward_hook(self._finish, always_call=True)
-            )
-        except BaseException:
-            self.detach()
-            raise
-
-    def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        self._tags.clear()
-
-    def _start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self.forwards == 0:
-            self.default_batchnorm = default_batchnorm(self.root)
-        self._calls.clear()
-        self._tags.clear()
-        self._input_size = _spatial_size(args, kwargs)
-
-    def _finish(self, module: nn.Module, args: Any, output: Any) -> None:
-        self.flush()
-        self.output = output
-        self.forwards += 1
-        self._calls.clear()
-        self._tags.clear()
-
-    def _make_hook(self, name: str, record: bool) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-            with torch.no_grad():
-                if not record:
-                    if isinstance(out, torch.Tensor):
-                        self._tags.set(out, _layout.channel_dim(module, args, out, self._tags))
-                    return
-                k = self._calls.get(name, 0) + 1
-                self._calls[name] = k
-                base = name if k == 1 else f"{name}:{k}"
-                for key, t in (("", out),) if isinstance(out, torch.Tensor) else _flatten(out):
-                    rname = base + key
-                    cdim = self._override(rname, name)
-                    if cdim is None:
-                        cdim = _layout.channel_dim(module, args, t, self._tags)
-                    else:
-                        cdim = _layout._normalise(cdim, t.ndim)
-                    self._tags.set(t, cdim)
-                    self._record(rname, module, name, k, key, t, cdim)
-
-        return hook
-
-    def _bounds_for(self, rname: str, mname: str, module: nn.Module) -> tuple[float, float] | None:
-        for pat, b in self._bounds.items():
-            if any(fnmatch.fnmatchcase(n, pat) for n in (rname, mname)):
-                return (float(b[0]), float(b[1]))
-        return _module_bounds(module)
-
-    def _record(
-        self,
-        rname: str,
-        module: nn.Module,
-        mname: str,
-        call: int,
-        key: str,
-        t: torch.Tensor,
-        cdim: int | None,
-    ) -> None:
-        channels = 1 if cdim is None else t.shape[cdim]
-        rec = self.records.get(rname)
-        if rec is None:
-            rec = LayerCapture(
-                rname, module, mname, call, key, cdim, channels,
-                self._bounds_for(rname, mname, module),
-            )
-            self.records[rname] = rec
-        elif rec.channels != channels or rec.channel_dim != cdim:
-            raise ValueError(
-                f"layer {rname!r} produced {channels} channels on dim {cdim} in this forward "
-                f"but {rec.channels} on dim {rec.channel_dim} before; statistics cannot be "
-                "accumulated across different layouts. Use separate captures for them."
-            )
-        if not (t.is_floating_point() or t.is_complex()):
-            t = t.float()
-        self._pending.append((rec, _stats.reduce(t.detach(), cdim, rec.bounds, self._tol, self._scratch)))
-        rec.shape = tuple(t.shape)
-        rec.dtype = str(t.dtype)
-        rec.samples += t.shape[0] if t.ndim >= 1 and cdim != 0 else 1
-        rec.forwards += 1
-        rec.input_size = self._input_size
-        spatial = rec.spatial
-        if self._input_size is not None and spatial and len(spatial) == len(self._input_size):
-            rec.stride = tuple(
-                (i / o) if o else math.inf for i, o in zip(self._input_size, spatial)
-            )
-        else:
-            rec.stride = None
-        if rec.sample is None and self._keep_samples:
-            rec.sample, rec.sample_step = _sample(t, cdim)
-
-    def flush(self) -> None:
-        """Move the per-call blocks to the host: one transfer per device and forward pass."""
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        by_device: dict[torch.device, list[int]] = {}
-        for i, (rec, block) in enumerate(pending):
-            if isinstance(block, np.ndarray):
-                rec._add(block)
-            elif block.device.type == "cpu":
-                rec._add(block.numpy())
-            else:
-                by_device.setdefault(block.device, []).append(i)
-        for idx in by_device.values():
-            blocks = [torch.as_tensor(pending[i][1]) for i in idx]  # device tensors here
-            flat = torch.cat([b.reshape(-1) for b in blocks]).cpu().numpy()
-            pos = 0
-            for i, b in zip(idx, blocks):
-                pending[i][0]._add(flat[pos : pos + b.numel()].reshape(b.shape))
-                pos += b.numel()
-
-
-class Capture(Mapping[str, LayerCapture]):
-    """Read-only mapping from record name to :class:`LayerCapture`, ordered by first call."""
-
-    def __init__(self, recorder: _Recorder, model_name: str, note: str = "") -> None:
-        self._rec = recorder
-        self.model_name = model_name
-        self.note = note
-
-    def _records(self) -> dict[str, LayerCapture]:
-        self._rec.flush()
-        return self._rec.records
-
-    def __getitem__(self, name: str) -> LayerCapture:
-        records = self._records()
-        try:
-            return records[name]
-        except KeyError:
-            raise _selection.not_found(name, list(records), "this capture") from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._records()))
-
-    def __len__(self) -> int:
-        return len(self._records())
-
-    @property
-    def names(self) -> list[str]:
-        """Record names in order of first call."""
-        return list(self._records())
-
-    @property
-    def output(self) -> Any:
-        """What the last forward pass returned."""
-        return self._rec.output
-
-    @property
-    def forwards(self) -> int:
-        """How many forward passes of the model the capture has seen."""
-        return self._rec.forwards
-
-    @property
-    def default_batchnorm(self) -> list[str]:
-        """BatchNorm layers that ran in eval mode with their initial running statistics (mean 0,
-        var 1) during the first forward: dead and saturation verdicts on them are suspect."""
-        return list(self._rec.default_batchnorm)
-
-    def select(self, layers: Any = None) -> list[LayerCapture]:
-        """The records chosen by ``layers`` (same selectors as capture; a module name selects
-        every call and output key of that module)."""
-        records = self._records()
-        if layers is None:
-            return list(records.values())
-        names = _selection.select(
-            list(records.items()),
-            layers,
-            "this capture",
-            aliases=lambda n: (records[n].module_name,),
-            instance_of=lambda rec, cls: issubclass(rec.module_class, cls),
-            call=lambda pred, n, rec: bool(pred(n, rec.module)),
+def _check_bounds(bounds: Any) -> dict[str, tuple[float, float]]:
+    if bounds is None:
+        return {}
+    if not isinstance(bounds, Mapping):
+        raise TypeError(
+            "bounds must be a mapping of layer name or pattern to (low, high), e.g. "
+            f"bounds={{'gate': (0, 1)}}; got {type(bounds).__name__}: {bounds!r}"
         )
-        return [records[n] for n in names]
+    out = {}
+    for pat, b in bounds.items():
+        ok = isinstance(b, (tuple, list)) and len(b) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in b
+        )
+        if not ok or not float(b[0]) < float(b[1]):
+            raise ValueError(f"bounds[{pat!r}] must be a (low, high) pair of numbers with low < high, got {b!r}")
+        out[pat] = (float(b[0]), float(b[1]))
+    return out
 
-    def __repr__(self) -> str:
-        return f"<Capture of {self.model_name}: {len(self)} layers, {self.forwards} forward(s)>"
 
-
-def _check_args(layers: Any, saturation_tol: float | None) -> None:
+def _check_args(
+    model: nn.Module,
+    layers: Any,
+    saturation_tol: Any,
+    bounds: Any,
+    channel_dim: Any,
+    keep_samples: Any,
+    **flags: Any,
+) -> tuple[dict[str, tuple[float, float]], Callable[[str, str], int | None]]:
     if layers is not None:
         _selection._flatten_selectors(layers)
-    if saturation_tol is not None and not 0 <= saturation_tol < 0.5:
-        raise ValueError(f"saturation_tol must be in [0, 0.5), got {saturation_tol!r}")
+    if saturation_tol is not None:
+        if isinstance(saturation_tol, bool) or not isinstance(saturation_tol, (int, float)):
+            raise TypeError(f"saturation_tol must be a number in [0, 0.5), got {type(saturation_tol).__name__}: {saturation_tol!r}")
+        if not 0 <= saturation_tol < 0.5:
+            raise ValueError(f"saturation_tol must be in [0, 0.5), got {saturation_tol!r}")
+    for name, value in {"keep_samples": keep_samples, **flags}.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {type(value).__name__}: {value!r}")
+    checked = _check_bounds(bounds)
+    override = _channel_dim_override(channel_dim)
+    _check_keys(checked, "bounds", model)
+    if isinstance(channel_dim, Mapping):
+        _check_keys(channel_dim, "channel_dim", model)
+    lazy = [n for n, p in model.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)]
+    if lazy:
+        raise ValueError(
+            f"the model has uninitialised lazy parameters ({', '.join(lazy[:3])}): featcheck hands "
+            "the model back as it found it, so capturing would undo their initialisation. Run one "
+            "forward pass first (model(x)), then capture."
+        )
+    return checked, override
+
+
+# -- one inspection per model at a time ---------------------------------------------------------
+
+_lock = threading.Lock()
+_active: dict[int, tuple[weakref.ref[nn.Module], str]] = {}
+
+
+@contextmanager
+def _exclusive(model: nn.Module, what: str) -> Iterator[None]:
+    key = id(model)
+    with _lock:
+        held = _active.get(key)
+        if held is not None and held[0]() is model:
+            raise RuntimeError(
+                f"featcheck.{what}: this {type(model).__name__} is already being inspected by "
+                f"{held[1]}; two inspections of one model would see each other's forward passes. "
+                "Run them one after the other, or inspect a copy (copy.deepcopy(model))."
+            )
+        _active[key] = (weakref.ref(model), f"a featcheck.{what} in thread {threading.current_thread().name!r}")
+    try:
+        yield
+    finally:
+        with _lock:
+            _active.pop(key, None)
+
+
+class _Interrupts:
+    """Holds back SIGINT while ``critical`` is set (main thread only; elsewhere a no-op)."""
+
+    def __init__(self) -> None:
+        self.critical = False
+        self.pending = False
+        self._old: Any = None
+        self._installed = False
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._old = signal.signal(signal.SIGINT, self._handler)
+                self._installed = True
+            except (ValueError, OSError):  # no signals here (embedded interpreters)
+                pass
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.critical:
+            self.pending = True
+        elif callable(self._old):
+            self._old(signum, frame)
+        elif self._old != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    def cleanup(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (idempotent) to completion despite Ctrl-C, then re-raise a held interrupt."""
+        interrupted = False
+        while True:
+            try:
+                self.critical = True
+                fn()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+        if self._installed and signal.getsignal(signal.SIGINT) == self._handler:
+            signal.signal(signal.SIGINT, self._old)
+        self._installed = False
+        if interrupted or self.pending:
+            raise KeyboardInterrupt
+
+    def release(self) -> None:
+        """End a critical section; an interrupt held during it is raised now."""
+        self.critical = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
 
 
 def capture(
@@ -557,13 +270,15 @@ def capture(
     bounds: Mapping[str, tuple[float, float]] | None = None,
     saturation_tol: float | None = None,
     keep_samples: bool = True,
+    forward_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> Capture:
     """Run ``model(*args, **kwargs)`` once with hooks on the selected layers.
 
-    The model is left as it was found: hooks are removed (also when forward raises), every
-    module's ``training`` flag is restored, and buffers (BatchNorm running statistics) are put
-    back, so an inspection in train mode moves nothing.
+    The model is left as it was found (see ``featcheck._state`` for what that covers): hooks are
+    removed, also when forward raises or Ctrl-C arrives; training flags, registrations, buffers,
+    parameters, ``requires_grad`` and the global random generators are put back, touching only
+    what changed, so an autograd graph the user holds stays valid.
 
     Args:
         model: an ``nn.Module``; ``torch.compile``, ``DataParallel`` and
@@ -582,6 +297,8 @@ def capture(
         saturation_tol: a value counts as at a bound within ``saturation_tol * (high - low)``
             (ini ``featcheck_saturation_tolerance``, default 1e-3).
         keep_samples: keep the first sample of each layer for rendering.
+        forward_kwargs: keyword arguments for the model whose names collide with capture's own
+            (``layers``, ``train``, ``grad``, ...): ``forward_kwargs={"layers": 4}``.
 
     Returns:
         A :class:`Capture`.
@@ -590,32 +307,52 @@ def capture(
         >>> cap = featcheck.capture(model, x, layers=["layer1", "layer*.conv2", torch.nn.ReLU])
         >>> cap["layer1"].stats["mean"]
     """
-    _check_args(layers, saturation_tol)
     eager, note = unwrap(model)
+    bounds_, override = _check_args(
+        eager, layers, saturation_tol, bounds, channel_dim, keep_samples, train=train, grad=grad
+    )
+    kwargs = _merge_kwargs(kwargs, forward_kwargs)
     selected = select_modules(eager, layers)
     if note and isinstance(model, nn.DataParallel):
         device = next((p.device for p in eager.parameters()), None)
         if device is not None:
             args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
-    recorder = _Recorder(
-        eager, selected, channel_dim=channel_dim, bounds=bounds,
-        saturation_tol=saturation_tol, keep_samples=keep_samples,
-    )
-    modes = [(m, m.training) for m in eager.modules()]
-    saved = [(b, b.detach().clone()) for b in eager.buffers()]
-    try:
-        eager.train(train)
-        recorder.attach()
-        with torch.set_grad_enabled(grad):
-            eager(*args, **kwargs)
-    finally:
-        recorder.detach()
-        for m, mode in modes:
-            m.training = mode
-        with torch.no_grad():
-            for b, value in saved:
-                b.copy_(value)
+    recorder = Recorder(channel_dim=override, bounds=bounds_, saturation_tol=saturation_tol, keep_samples=keep_samples)
+    with _exclusive(eager, "capture"):
+        state: ModelState | None = None
+        guard = _Interrupts()
+        try:
+            guard.critical = True
+            state = ModelState(eager)
+            recorder.attach(eager, selected)
+            guard.release()
+            with preserved_rng(list(state.tensors())), torch.set_grad_enabled(grad):
+                eager.train(train)
+                eager(*args, **kwargs)
+        finally:
+            def undo() -> None:
+                recorder.detach()
+                if state is not None:
+                    state.restore()
+
+            guard.cleanup(undo)
+        recorder.finalize()
+        if recorder.errors:
+            raise recorder.errors[0]
+        if state is not None and state.unrestorable:
+            note = "; ".join(filter(None, [note, "not restored (written in place by the forward): " + ", ".join(state.unrestorable)]))
     return Capture(recorder, type(eager).__name__, note)
+
+
+def _merge_kwargs(kwargs: dict[str, Any], forward_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    if forward_kwargs is None:
+        return kwargs
+    if not isinstance(forward_kwargs, Mapping):
+        raise TypeError(f"forward_kwargs must be a mapping of keyword arguments for the model, got {type(forward_kwargs).__name__}")
+    both = sorted(set(kwargs) & set(forward_kwargs))
+    if both:
+        raise TypeError(f"model keyword argument(s) {', '.join(map(repr, both))} given both directly and in forward_kwargs")
+    return {**kwargs, **forward_kwargs}
 
 
 @contextmanager
@@ -630,8 +367,10 @@ def watch(
 ) -> Iterator[Capture]:
     """Hook the selected layers for any number of forward passes; statistics accumulate.
 
-    Nothing about the model is changed besides the hooks, which are removed on exit: the
-    forward passes are yours (train or eval mode, with or without grad).
+    Nothing about the model is changed besides the hooks, which are removed on exit (also on an
+    exception or Ctrl-C): the forward passes are yours (train or eval mode, with or without
+    grad). A forward pass that raises inside the block is not counted and leaves no trace in the
+    statistics, so every record covers the same forward passes.
 
     For a ``torch.compile``d, ``DataParallel`` or ``DistributedDataParallel`` model the eager
     module inside is hooked, and the forward passes must go through it
@@ -643,22 +382,25 @@ def watch(
         ...     for xb in batches:
         ...         model(xb)
     """
-    _check_args(layers, saturation_tol)
     eager, note = unwrap(model)
+    bounds_, override = _check_args(eager, layers, saturation_tol, bounds, channel_dim, keep_samples)
+    selected = select_modules(eager, layers)
     if note:
         warnings.warn(
             f"featcheck.watch: {note}; call that eager module inside the with-block, "
             "forwards through the wrapper may not fire hooks.",
             stacklevel=3,
         )
-    recorder = _Recorder(
-        eager, select_modules(eager, layers), channel_dim=channel_dim, bounds=bounds,
-        saturation_tol=saturation_tol, keep_samples=keep_samples,
-    )
-    recorder.attach()
-    try:
-        yield Capture(recorder, type(eager).__name__, note)
-    finally:
-        recorder.detach()
-        recorder.flush()
-
+    recorder = Recorder(channel_dim=override, bounds=bounds_, saturation_tol=saturation_tol, keep_samples=keep_samples)
+    with _exclusive(eager, "watch"):
+        guard = _Interrupts()
+        try:
+            guard.critical = True
+            recorder.attach(eager, selected)
+            guard.release()
+            yield Capture(recorder, type(eager).__name__, note)
+        finally:
+            guard.cleanup(recorder.detach)
+        recorder.finalize()
+        if recorder.errors:
+            raise recorder.errors[0]

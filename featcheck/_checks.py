@@ -13,6 +13,8 @@ verdict on one small batch is weak; run ``featcheck.watch`` over several batches
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -35,8 +37,8 @@ __all__ = [
 _SHOW_CHANNELS = 8
 
 
-def _records(cap: Any, layers: Any) -> list[Any]:
-    from ._capture import Capture, LayerCapture
+def _all_records(cap: Any, layers: Any) -> list[Any]:
+    from ._records import Capture, LayerCapture
 
     if isinstance(cap, LayerCapture):
         return [cap]
@@ -46,6 +48,29 @@ def _records(cap: Any, layers: Any) -> list[Any]:
             f"LayerCapture, got {type(cap).__name__}"
         )
     return cap.select(layers)
+
+
+def _records(cap: Any, layers: Any, check: str) -> list[Any]:
+    """The records a check looks at; a check over nothing fails, saying why."""
+    __tracebackhide__ = True
+    records = _all_records(cap, layers)
+    if not records:
+        _nothing(cap, check, "" if layers is None else f"layers={layers!r} selected no record")
+    return records
+
+
+def _nothing(cap: Any, check: str, why: str) -> None:
+    __tracebackhide__ = True
+    if not why:
+        forwards = getattr(cap, "forwards", 0)
+        why = (
+            f"the capture has no records: it saw {forwards} forward pass{'es' if forwards != 1 else ''}"
+            + (" (a watch block in which the model never ran?)" if forwards == 0 else "")
+        )
+    raise FeatcheckAssertionError(
+        f"{check}: nothing to check, {why}. A check over no layer proves nothing; capture the "
+        "layers you mean to check, or select them with layers=."
+    )
 
 
 def _channels(idx: Sequence[int]) -> str:
@@ -94,7 +119,7 @@ def _fraction(value: float | None, name: str) -> float:
 
 
 def _bn_note(cap: Any, kind: str) -> list[str]:
-    """A warning when verdicts rest on BatchNorm layers that never saw data."""
+    """A warning, for a failing verdict, when it rests on BatchNorm layers that never saw data."""
     names = list(getattr(cap, "default_batchnorm", []) or [])
     if not names:
         return []
@@ -105,8 +130,23 @@ def _bn_note(cap: Any, kind: str) -> list[str]:
         "really do have dead and saturated channels then; calibrate first with "
         "featcheck.calibrate_batchnorm(model, batches)."
     )
-    warnings.warn(text, UserWarning, stacklevel=4)
+    warnings.warn(text, UserWarning, stacklevel=_caller_level())
     return [text]
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside featcheck: the
+    test's own line, whichever way the check was called."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _record_notes(records: Iterable[Any]) -> list[str]:
+    """Lines for records some of whose outputs were not reduced (their verdicts cover less)."""
+    return [f"Note: {lc.name or '(root)'}: {lc.note}" for lc in records if getattr(lc, "note", "")][:5]
 
 
 # -- per-layer verdicts (owned by _verdicts) ---------------------------------------------------
@@ -151,7 +191,7 @@ def assert_no_dead_channels(
     allowed = _fraction(max_fraction, "max_dead_fraction")
     tol = _verdicts.tolerance(tolerance)
     found = _Offences("dead")
-    records = _records(cap, layers)
+    records = _records(cap, layers, "assert_no_dead_channels")
     for lc in records:
         dead = dead_channels(lc, tol)
         if dead and len(dead) / lc.channels > allowed:
@@ -161,12 +201,11 @@ def assert_no_dead_channels(
                 f"{len(dead)}/{lc.channels} dead ({len(dead) / lc.channels:.1%})",
                 dead,
             )
-    notes = _bn_note(cap, "dead-channel")
     if found:
         found.fail(
             f"dead channels in {len(found)} of {_layers(len(records))} (a dead channel never varies: "
             f"max - min <= {tol:g} x the layer's largest |value|)",
-            notes,
+            _bn_note(cap, "dead-channel") + _record_notes(records),
         )
 
 
@@ -190,9 +229,14 @@ def assert_not_saturated(
     __tracebackhide__ = True
     allowed = _fraction(max_fraction, "max_saturated_fraction")
     q = _fraction(fraction, "saturation_fraction")
-    records = _records(cap, layers)
+    records = _records(cap, layers, "assert_not_saturated")
     if layers is None:
         records = [lc for lc in records if lc.bounds is not None]
+        if not records:
+            _nothing(cap, "assert_not_saturated", (
+                "no layer of the capture has known output bounds (Sigmoid, Tanh, Hardtanh, ReLU6, "
+                "Hardsigmoid, or bounds= given to capture)"
+            ))
     found = _Offences("saturated")
     for lc in records:
         sat = saturated_channels(lc, q)
@@ -205,9 +249,11 @@ def assert_not_saturated(
                 f"{len(sat)}/{lc.channels} saturated (worst {at.max():.1%} at a bound)",
                 sat,
             )
-    notes = _bn_note(cap, "saturation")
     if found:
-        found.fail(f"saturated channels in {len(found)} of {_layers(len(records))}", notes)
+        found.fail(
+            f"saturated channels in {len(found)} of {_layers(len(records))}",
+            _bn_note(cap, "saturation") + _record_notes(records),
+        )
 
 
 def assert_finite(cap: Any, layers: Any = None) -> None:
@@ -215,23 +261,61 @@ def assert_finite(cap: Any, layers: Any = None) -> None:
     (where to look: later layers usually inherit it)."""
     __tracebackhide__ = True
     found = _Offences("nonfinite")
-    for lc in _records(cap, layers):
+    records = _records(cap, layers, "assert_finite")
+    for lc in records:
         bad = np.flatnonzero(lc.stats["nonfinite"] > 0).tolist()
         if bad:
             found.add(lc, "finite", f"{int(lc.stats['nonfinite'].sum())} NaN/Inf values", bad)
     if found:
-        found.fail(f"non-finite values in {_layers(len(found))}; the first in call order is {found.rows[0][0]!r}")
+        found.fail(
+            f"non-finite values in {_layers(len(found))}; the first in call order is {found.rows[0][0]!r}",
+            _record_notes(records),
+        )
 
 
-def _expected_records(cap: Any, expected: Mapping[str, Any], what: str) -> list[tuple[Any, Any]]:
+def _expected_records(
+    cap: Any, expected: Mapping[str, Any], what: str, check: str, validate: Any
+) -> list[tuple[Any, Any]]:
+    """Validate every expectation first, then pair each with the records its key selects."""
+    __tracebackhide__ = True
     if not isinstance(expected, Mapping):
-        raise TypeError(f"{what} must be a mapping of layer name to expectation, got {type(expected).__name__}")
-    out: list[tuple[Any, Any]] = []
+        raise TypeError(f"{what} must be a mapping of layer name to expectation, got {type(expected).__name__}: {expected!r}")
+    if not expected:
+        _nothing(cap, check, f"{what} is empty")
+    checked = {}
     for key, want in expected.items():
         if not isinstance(key, str):
-            raise TypeError(f"{what} keys must be layer names or patterns, got {key!r}")
-        out.extend((lc, want) for lc in _records(cap, key))
+            raise TypeError(f"{what} keys must be layer names or patterns (str), got {type(key).__name__}: {key!r}")
+        checked[key] = validate(key, want)
+    out: list[tuple[Any, Any]] = []
+    for key, want in checked.items():
+        out.extend((lc, want) for lc in _records(cap, key, check))
     return out
+
+
+def _shape(key: str, want: Any) -> tuple[int | None, ...]:
+    ok = isinstance(want, (tuple, list)) and all(
+        w is None or (isinstance(w, int) and not isinstance(w, bool) and w >= 0) for w in want
+    )
+    if not ok:
+        raise TypeError(
+            f"expected shape for {key!r} must be a tuple of sizes (ints >= 0, or None for any), "
+            f"e.g. (None, 64, 56, 56); got {type(want).__name__}: {want!r}"
+        )
+    return tuple(want)
+
+
+def _strides(key: str, want: Any) -> Any:
+    values = want if isinstance(want, (tuple, list)) else (want,)
+    for w in values:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            raise ValueError(
+                f"expected stride for {key!r} must be a positive finite number or a tuple of them "
+                f"(one per spatial dim), got {want!r}"
+            )
+    if not values:
+        raise ValueError(f"expected stride for {key!r} is an empty tuple; give one stride per spatial dim")
+    return want
 
 
 def _fmt_shape(shape: Sequence[Any]) -> str:
@@ -243,8 +327,7 @@ def assert_shapes(cap: Any, expected: Mapping[str, Sequence[int | None]]) -> Non
     rank is a failure. Keys are names or patterns (a pattern checks every layer it matches)."""
     __tracebackhide__ = True
     found = _Offences("shape")
-    for lc, want in _expected_records(cap, expected, "expected shapes"):
-        want = tuple(want)
+    for lc, want in _expected_records(cap, expected, "expected shapes", "assert_shapes", _shape):
         got = tuple(lc.shape)
         ok = len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got))
         if not ok:
@@ -266,11 +349,9 @@ def assert_strides(cap: Any, expected: Mapping[str, float | Sequence[float]]) ->
     """
     __tracebackhide__ = True
     found = _Offences("stride")
-    for lc, want in _expected_records(cap, expected, "expected strides"):
+    for lc, want in _expected_records(cap, expected, "expected strides", "assert_strides", _strides):
         spatial, size_in = lc.spatial, lc.input_size
         wants = tuple(want) if isinstance(want, (tuple, list)) else (want,) * max(len(spatial), 1)
-        if any(not isinstance(w, (int, float)) or w <= 0 for w in wants):
-            raise ValueError(f"expected stride for {lc.name!r} must be positive numbers, got {want!r}")
         expected_text = "x".join(f"{w:g}" for w in wants)
         if lc.stride is None or size_in is None or len(wants) != len(spatial):
             found.add(

@@ -1,0 +1,392 @@
+"""The hooks: they reduce every selected layer's output as it is produced.
+
+Naming (stable, a contract for baselines and reports):
+
+* A record is named after the module's qualified name from ``named_modules()``.
+* A module called more than once per forward pass gets one record per call: the first call
+  keeps the plain name, later calls append ``:2``, ``:3``, ... (``layer1.0.relu``,
+  ``layer1.0.relu:2``, ``layer1.0.relu:3``). Counters restart with every forward pass of the
+  model.
+* An output that is not one tensor is flattened to one record per tensor, with a key path
+  appended: ``[key]`` for mapping keys (dicts, HF-style model outputs), ``[i]`` for list and
+  tuple positions, ``[field]`` for namedtuple and dataclass fields; nesting concatenates
+  (``backbone[out]``, ``rpn[0][1]``). ``None`` and other non-tensor leaves are skipped.
+
+What is not captured: functional calls (``F.relu(x)``, ``x + y``) and modules whose
+``forward`` is called directly (``module.forward(x)``) fire no module hook.
+
+A forward pass is one transaction: what the hooks reduce is kept aside and committed when the
+model's forward returns. A forward that raises leaves no trace (no counts, no new records), so
+every record covers the same forwards. A hook never raises into the user's forward: what cannot
+be reduced (complex or sparse tensors, a layout that changed between forwards, an unexpected
+error) is skipped and said in the record's ``note``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+import sys
+import warnings
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import _config, _layout, _stats
+from ._records import LayerCapture
+
+__all__ = ["Recorder"]
+
+# The rendering sample is subsampled with a regular step (LayerCapture.sample_step says by how
+# much) to at most SAMPLE_MAX_POSITIONS positions per channel (32 x 32 for images) and about
+# SAMPLE_MAX_VALUES values per layer, but never below 8 x 8: copying it is part of every hook's
+# cost, measured at 21 ms per resnet50 capture before the per-layer budget. 1-D maps (signals,
+# token sequences, which must keep their square grid) keep up to 4096 positions.
+SAMPLE_MAX_POSITIONS = 1024
+SAMPLE_MAX_VALUES = 1 << 16
+_SAMPLE_MIN_POSITIONS = 64
+_SAMPLE_MAX_1D = 4096
+_MAX_KEY_DEPTH = 8
+
+
+def _flatten(obj: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        yield path, obj
+    elif obj is None or depth >= _MAX_KEY_DEPTH:
+        return
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _flatten(v, f"{path}[{k}]", depth + 1)
+    elif isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        for k in obj._fields:
+            yield from _flatten(getattr(obj, k), f"{path}[{k}]", depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _flatten(v, f"{path}[{i}]", depth + 1)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from _flatten(getattr(obj, f.name), f"{path}[{f.name}]", depth + 1)
+
+
+def _sample(t: torch.Tensor, cdim: int | None) -> tuple[torch.Tensor, tuple[int, ...]]:
+    if t.ndim == 0:
+        return t.detach().reshape(1).to("cpu", torch.float32, copy=True), ()
+    s = t[0]
+    if cdim is None:
+        return s.detach().reshape(1).to("cpu", torch.float32, copy=True), ()
+    if cdim != 1:
+        s = s.movedim(cdim - 1, 0)
+    spatial = s.shape[1:]
+    steps = [1] * len(spatial)
+    if len(spatial) == 1:
+        cap = _SAMPLE_MAX_1D
+    else:
+        cap = max(_SAMPLE_MIN_POSITIONS, min(SAMPLE_MAX_POSITIONS, SAMPLE_MAX_VALUES // max(1, s.shape[0])))
+    if spatial and math.prod(spatial) > cap:
+        side = max(1, int(cap ** (1 / len(spatial))))
+        steps = [max(1, math.ceil(n / side)) for n in spatial]
+        s = s[(slice(None), *(slice(None, None, st) for st in steps))]
+    if s.device.type == "cpu" and s.dtype == torch.float32:
+        return s.detach().clone(), tuple(steps)
+    return s.detach().to("cpu", torch.float32, copy=True), tuple(steps)
+
+
+def _spatial_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, ...] | None:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor) and a.ndim >= 3:
+            return tuple(a.shape[2:])
+    return None
+
+
+# Modules whose output range is known: saturation is counted against these bounds.
+def _module_bounds(module: nn.Module) -> tuple[float, float] | None:
+    if isinstance(module, (nn.Sigmoid, nn.Hardsigmoid)):
+        return (0.0, 1.0)
+    if isinstance(module, nn.Tanh):
+        return (-1.0, 1.0)
+    if isinstance(module, nn.ReLU6):
+        return (0.0, 6.0)
+    if isinstance(module, nn.Hardtanh):
+        return (float(module.min_val), float(module.max_val))
+    return None
+
+
+def default_batchnorm(model: nn.Module) -> list[str]:
+    """BatchNorm layers in eval mode that still hold their initial running statistics."""
+    out = []
+    for name, m in model.named_modules():
+        if (
+            isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and not m.training
+            and m.running_mean is not None
+            and m.running_var is not None
+            and (m.num_batches_tracked is None or int(m.num_batches_tracked) == 0)
+            and not bool(m.running_mean.any())
+            and bool((m.running_var == 1).all())
+        ):
+            out.append(name)
+    return out
+
+
+def _unsupported(t: torch.Tensor) -> str:
+    """Why ``t`` cannot be reduced to statistics ('' if it can)."""
+    if t.layout != torch.strided:
+        return f"{t.layout} tensors are not reduced"
+    if t.is_complex():
+        return "complex tensors have no order (min, max, dead, saturated): not reduced"
+    if t.is_quantized:
+        return "quantized tensors are not reduced"
+    if t.device.type == "meta":
+        return "meta tensors hold no values"
+    return ""
+
+
+@dataclasses.dataclass
+class _Pending:
+    """What one call contributed, committed when the model's forward returns."""
+
+    rec: LayerCapture
+    block: np.ndarray | torch.Tensor | None
+    shape: tuple[int, ...]
+    dtype: str
+    samples: int
+    sample: tuple[torch.Tensor, tuple[int, ...]] | None
+
+
+class Recorder:
+    """Hooks on one model, and the records they fill."""
+
+    def __init__(
+        self,
+        *,
+        channel_dim: Callable[[str, str], int | None],
+        bounds: Mapping[str, tuple[float, float]],
+        saturation_tol: float | None = None,
+        keep_samples: bool = True,
+    ) -> None:
+        self.records: dict[str, LayerCapture] = {}
+        self.output: Any = None
+        self.forwards = 0
+        self.default_batchnorm: list[str] = []
+        self.model_name = ""
+        self.errors: list[Exception] = []
+        self._root: weakref.ref[nn.Module] | None = None
+        self._override = channel_dim
+        self._bounds = dict(bounds)
+        self._tol = _config.get("saturation_tolerance", saturation_tol)
+        self._keep_samples = keep_samples
+        self._calls: dict[str, int] = {}
+        self._pending: list[_Pending] = []
+        self._new: list[str] = []
+        self._tags = _layout.Tags()
+        self._scratch = _stats.Scratch()
+        self._input_size: tuple[int, ...] | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._depth = 0
+        self._exc_at_start: BaseException | None = None
+
+    # hooks ---------------------------------------------------------------------------
+    def attach(self, root: nn.Module, selected: Mapping[str, nn.Module]) -> None:
+        """Hook ``root`` and its modules; all or nothing (a failure removes what was added)."""
+        self._root = weakref.ref(root)
+        self.model_name = type(root).__name__
+        try:
+            self._handles.append(
+                root.register_forward_pre_hook(self._start, with_kwargs=True, prepend=True)
+            )
+            for name, module in root.named_modules():
+                if name in selected or (
+                    next(module.children(), None) is None and module is not root
+                ):
+                    hook = self._make_hook(name, record=name in selected)
+                    self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+            self._handles.append(root.register_forward_hook(self._finish, always_call=True))
+        except BaseException:
+            self.detach()
+            raise
+
+    def detach(self) -> None:
+        """Remove every hook (idempotent); what an interrupted forward left pending is dropped."""
+        while self._handles:
+            self._handles.pop().remove()
+        self._tags.clear()
+        if self._depth:
+            self._abort()
+
+    def _start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._depth += 1
+        if self._depth > 1:
+            return  # the root calling itself: one forward pass
+        if self.forwards == 0:
+            self.default_batchnorm = default_batchnorm(module)
+        self._exc_at_start = sys.exc_info()[1]
+        self._calls.clear()
+        self._tags.clear()
+        self._input_size = _spatial_size(args, kwargs)
+
+    def _finish(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth:
+            return
+        # The hook runs with always_call=True: torch calls it from its exception handler when
+        # the forward raised, where sys.exc_info() holds that exception.
+        exc = sys.exc_info()[1]
+        if exc is not None and exc is not self._exc_at_start:
+            self._abort()
+            return
+        self._commit()
+        self.output = output
+        self.forwards += 1
+        self._calls.clear()
+        self._tags.clear()
+
+    def _abort(self) -> None:
+        """Forget the forward in progress: its pending blocks and the records it created."""
+        self._depth = 0
+        self._pending.clear()
+        for name in self._new:
+            self.records.pop(name, None)
+        self._new.clear()
+        self._calls.clear()
+        self._tags.clear()
+
+    def _make_hook(self, name: str, record: bool) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            with torch.no_grad():
+                if not record:
+                    if isinstance(out, torch.Tensor):
+                        self._tags.set(out, _layout.channel_dim(module, args, out, self._tags))
+                    return
+                k = self._calls.get(name, 0) + 1
+                self._calls[name] = k
+                base = name if k == 1 else f"{name}:{k}"
+                for key, t in (("", out),) if isinstance(out, torch.Tensor) else _flatten(out):
+                    self._record(base + key, module, name, k, key, args, t)
+            if not self._depth:
+                self._commit()  # a submodule called on its own, outside a forward of the model
+
+        return hook
+
+    def _bounds_for(self, rname: str, mname: str, module: nn.Module) -> tuple[float, float] | None:
+        for pat, b in self._bounds.items():
+            if any(fnmatch.fnmatchcase(n, pat) for n in (rname, mname)):
+                return (float(b[0]), float(b[1]))
+        return _module_bounds(module)
+
+    def _record(
+        self,
+        rname: str,
+        module: nn.Module,
+        mname: str,
+        call: int,
+        key: str,
+        args: tuple[Any, ...],
+        t: torch.Tensor,
+    ) -> None:
+        rec = self.records.get(rname)
+        try:
+            cdim = self._override(rname, mname)
+            if cdim is None:
+                cdim = _layout.channel_dim(module, args, t, self._tags)
+            else:
+                try:
+                    cdim = _layout._normalise(cdim, t.ndim)
+                except ValueError as e:  # the user's channel_dim: raised once the forward is over
+                    self.errors.append(ValueError(f"layer {rname!r}: {e}"))
+                    return
+            self._tags.set(t, cdim)
+            channels = 1 if cdim is None else t.shape[cdim]
+            if rec is None:
+                rec = LayerCapture(
+                    rname, module, mname, call, key, cdim, channels,
+                    self._bounds_for(rname, mname, module),
+                )
+                self.records[rname] = rec
+                self._new.append(rname)
+            elif rec.channels != channels or rec.channel_dim != cdim:
+                _note(rec, (
+                    f"an output with {channels} channels on dim {cdim} was skipped: earlier "
+                    f"forwards gave {rec.channels} on dim {rec.channel_dim}, and statistics cannot "
+                    "be merged across layouts (use separate captures)"
+                ))
+                return
+            why = _unsupported(t)
+            block = None
+            sample = None
+            if why:
+                _note(rec, why)
+            else:
+                x = t.detach()
+                block = _stats.reduce(x, cdim, rec.bounds, self._tol, self._scratch)
+                if rec.sample is None and self._keep_samples and x.numel():
+                    sample = _sample(x, cdim)
+            samples = t.shape[0] if t.ndim >= 1 and cdim != 0 else 1
+            self._pending.append(_Pending(rec, block, tuple(t.shape), str(t.dtype), samples, sample))
+        except Exception as e:  # never break the user's forward for a picture or a statistic
+            if rec is None:
+                return
+            _note(rec, f"an output was not recorded: {type(e).__name__}: {e}")
+
+    def _commit(self) -> None:
+        """Apply what this forward's calls contributed: one host transfer per device."""
+        pending, self._pending = self._pending, []
+        self._new.clear()
+        on_device: dict[torch.device, list[_Pending]] = {}
+        for p in pending:
+            if isinstance(p.block, torch.Tensor):
+                if p.block.device.type == "cpu":
+                    p.block = p.block.numpy()
+                else:
+                    on_device.setdefault(p.block.device, []).append(p)
+        for group in on_device.values():
+            blocks = [torch.as_tensor(p.block) for p in group]
+            flat = torch.cat([b.reshape(-1) for b in blocks]).cpu().numpy()
+            pos = 0
+            for p, b in zip(group, blocks):
+                p.block = flat[pos : pos + b.numel()].reshape(b.shape)
+                pos += b.numel()
+        for p in pending:
+            rec = p.rec
+            if isinstance(p.block, np.ndarray):
+                rec._add(p.block)
+            rec.shape = p.shape
+            rec.dtype = p.dtype
+            rec.samples += p.samples
+            rec.forwards += 1
+            rec.input_size = self._input_size
+            spatial = rec.spatial
+            if self._input_size is not None and spatial and len(spatial) == len(self._input_size):
+                rec.stride = tuple((i / o) if o else math.inf for i, o in zip(self._input_size, spatial))
+            else:
+                rec.stride = None
+            if rec.sample is None and p.sample is not None:
+                rec.sample, rec.sample_step = p.sample
+
+    def finalize(self) -> None:
+        """The inspection is over: read what needs the model (parameter counts) while it lives,
+        so that records answer without keeping it alive."""
+        self.commit_outside_forward()
+        for rec in self.records.values():
+            rec.params  # noqa: B018 - computed and cached now
+
+    def commit_outside_forward(self) -> None:
+        """Records are read: commit what hooks outside a forward of the model left pending."""
+        if self._pending and not self._depth:
+            self._commit()
+
+
+def _note(rec: LayerCapture, text: str) -> None:
+    if text in rec.note:
+        return
+    rec.note = f"{rec.note}; {text}" if rec.note else text
+    try:
+        warnings.warn(f"featcheck: layer {rec.name!r}: {text}", RuntimeWarning, stacklevel=2)
+    except Exception:  # warnings turned into errors (-W error) must not break the forward either
+        pass

@@ -1,0 +1,371 @@
+"""Capture under hostile and unlucky conditions: odd outputs, failing forwards, typos, threads,
+Ctrl-C and memory (issue 9, items 4, 6, 11, 12, 13 and the keyword-argument collision)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import threading
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import featcheck
+from fixtures import models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def no_hooks(model: nn.Module) -> bool:
+    return not any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules()
+    )
+
+
+# -- item 6: outputs a plain forward produces but capture cannot reduce ------------------------------
+
+
+class OddOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.spec = Spectrum()
+        self.sparse = Sparsify()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        z = self.spec(y)
+        s = self.sparse(y)
+        return y + z.real + s.to_dense()
+
+
+class Spectrum(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.fft2(x)
+
+
+class Sparsify(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.relu().to_sparse()
+
+
+def test_complex_and_sparse_outputs_are_skipped_with_a_note_never_raised() -> None:
+    model = OddOutputs()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        plain = model(x)
+    with pytest.warns(RuntimeWarning, match="complex tensors"):
+        cap = featcheck.capture(model, x)
+    assert torch.equal(cap.output, plain)
+    assert "complex" in cap["spec"].note and cap["spec"].shape == (2, 4, 6, 6)
+    assert "sparse" in cap["sparse"].note.lower()
+    assert cap["conv"].note == "" and cap["conv"].stats["count"].sum() == 2 * 4 * 36
+    featcheck.assert_finite(cap, layers="conv")
+
+
+def test_a_layout_that_changes_between_forwards_is_a_note_not_an_exception() -> None:
+    model = nn.Sequential(nn.Identity())
+    with pytest.warns(RuntimeWarning, match="cannot be merged across layouts"):
+        with featcheck.watch(model, layers="0") as cap:
+            model(torch.randn(2, 3))
+            model(torch.randn(2, 5))  # same module, other channel count
+    assert cap.forwards == 2 and "skipped" in cap["0"].note and cap["0"].channels == 3
+
+
+# -- item 11: vacuous and silent ---------------------------------------------------------------------
+
+
+def test_a_watch_with_no_forward_fails_every_check_saying_why() -> None:
+    model = models.TinyCNN()
+    with featcheck.watch(model) as cap:
+        pass
+    for check in (featcheck.assert_no_dead_channels, featcheck.assert_finite, featcheck.assert_not_saturated):
+        with pytest.raises(featcheck.FeatcheckAssertionError, match="nothing to check.*0 forward passes"):
+            check(cap)
+    with pytest.raises(featcheck.FeatcheckAssertionError, match="nothing to check"):
+        featcheck.assert_no_dead_channels(featcheck.capture(model, torch.randn(1, 3, 8, 8)), layers=nn.LSTM)
+
+
+@pytest.mark.parametrize("option", ["bounds", "channel_dim"])
+def test_typos_in_bounds_and_channel_dim_keys_raise_before_any_forward(option: str) -> None:
+    model = models.TinyCNN()
+    value = {"relu_2": (0.0, 1.0)} if option == "bounds" else {"relu_2": 1}
+    with pytest.raises(featcheck.LayerNotFoundError, match=f"{option}: layer 'relu_2' matches nothing.*'relu2'"):
+        featcheck.capture(model, torch.randn(1, 3, 8, 8), **{option: value})
+    with pytest.raises(featcheck.LayerNotFoundError):
+        with featcheck.watch(model, **{option: value}):
+            pytest.fail("the block must not run")
+    # record names (reused modules, output keys) and patterns are fine
+    featcheck.capture(models.SharedReLU(), torch.randn(1, 3, 4, 4), bounds={"relu:2": (0.0, 9.0), "a*": (-9.0, 9.0)})
+
+
+class FailsOnSecondCall(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(4, 4, 1)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("boom")
+        return self.b(y)
+
+
+def test_a_forward_that_raised_inside_watch_leaves_no_trace() -> None:
+    model = FailsOnSecondCall()
+    with featcheck.watch(model) as cap:
+        model(torch.randn(2, 3, 4, 4))
+        with pytest.raises(RuntimeError, match="boom"):
+            model(torch.randn(3, 3, 4, 4))
+        model(torch.randn(5, 3, 4, 4))
+    assert cap.forwards == 2
+    assert cap["a"].samples == cap["b"].samples == 7
+    assert cap["a"].stats["count"].tolist() == [7 * 16] * 4
+
+
+def test_a_forward_that_raised_on_the_first_call_creates_no_record() -> None:
+    model = FailsOnSecondCall()
+    model.calls = 1
+    with featcheck.watch(model) as cap:
+        with pytest.raises(RuntimeError, match="boom"):
+            model(torch.randn(2, 3, 4, 4))
+    assert cap.forwards == 0 and len(cap) == 0
+
+
+# -- item 12: bad arguments get clear errors ------------------------------------------------------------
+
+
+def test_bad_arguments_are_refused_with_what_was_expected() -> None:
+    model = models.TinyCNN()
+    x = torch.randn(1, 3, 8, 8)
+    cap = featcheck.capture(model, x)
+    with pytest.raises(TypeError, match=r"looked up by name.*got int: 0.*cap.names\[i\]"):
+        cap[0]
+    with pytest.raises(TypeError, match=r"bounds must be a mapping.*got tuple"):
+        featcheck.capture(model, x, bounds=(0, 1))
+    with pytest.raises(ValueError, match=r"bounds\['relu1'\] must be a \(low, high\) pair"):
+        featcheck.capture(model, x, bounds={"relu1": (1, 0)})
+    with pytest.raises(TypeError, match="saturation_tol must be a number"):
+        featcheck.capture(model, x, saturation_tol="a")
+    with pytest.raises(TypeError, match="train must be True or False"):
+        featcheck.capture(model, x, train="yes")
+    with pytest.raises(TypeError, match="channel_dim must be an int"):
+        featcheck.capture(model, x, channel_dim=1.5)
+    with pytest.raises(TypeError, match=r"expected shape for '0' must be a tuple of sizes.*got int: 5"):
+        featcheck.assert_shapes(cap, {"conv1": (None, 8, 4, 4), "0": 5})
+    with pytest.raises(ValueError, match="expected stride for 'conv1' must be a positive finite number"):
+        featcheck.assert_strides(cap, {"conv1": float("nan")})
+    with pytest.raises(featcheck.FeatcheckAssertionError, match="expected shapes is empty"):
+        featcheck.assert_shapes(cap, {})
+    with pytest.raises(ValueError, match="channel_dim=5 is out of range"):
+        featcheck.capture(model, x, channel_dim={"conv1": 5})
+    assert no_hooks(model)
+
+
+class TakesCaptureNames(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, layers: int = 1, train: bool = False) -> torch.Tensor:
+        for _ in range(layers):
+            x = self.lin(x)
+        return x + float(train)
+
+
+def test_model_keywords_that_collide_with_capture_options_go_through_forward_kwargs() -> None:
+    model = TakesCaptureNames()
+    cap = featcheck.capture(model, torch.randn(2, 4), forward_kwargs={"layers": 3, "train": True})
+    assert cap.names == ["lin", "lin:2", "lin:3"]
+    with pytest.raises(TypeError, match="given both directly and in forward_kwargs"):
+        featcheck.capture(model, torch.randn(2, 4), forward_kwargs={"x": 1}, x=2)
+
+
+# -- item 13: threads and interrupts ------------------------------------------------------------------
+
+
+def test_a_second_overlapping_inspection_of_one_model_is_refused() -> None:
+    model = models.TinyCNN()
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with featcheck.watch(model):
+            entered.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold, name="holder")
+    t.start()
+    try:
+        assert entered.wait(30)
+        with pytest.raises(RuntimeError, match=r"already being inspected by a featcheck.watch in thread 'holder'"):
+            featcheck.capture(model, torch.randn(1, 3, 8, 8))
+        other = models.TinyCNN()  # another model: fine, concurrently
+        assert len(featcheck.capture(other, torch.randn(1, 3, 8, 8))) > 0
+    finally:
+        release.set()
+        t.join()
+    assert no_hooks(model)
+    with featcheck.watch(model):  # nested in one thread: refused too, and the outer one is intact
+        with pytest.raises(RuntimeError, match="already being inspected"):
+            featcheck.capture(model, torch.randn(1, 3, 8, 8))
+    assert no_hooks(model)
+
+
+def test_threads_capturing_different_models_see_only_their_own_forwards() -> None:
+    results: dict[int, tuple[int, int]] = {}
+
+    def work(i: int) -> None:
+        model = models.TinyCNN()
+        with featcheck.watch(model) as cap:
+            for _ in range(5):
+                model(torch.randn(i + 1, 3, 8, 8))
+        results[i] = (cap.forwards, cap["conv1"].samples)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: (5, 5 * (i + 1)) for i in range(4)}
+
+
+CTRL_C = r"""
+import _thread, json, random, sys, threading, time
+import torch
+import featcheck
+from fixtures import models
+
+def no_hooks(model):
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+model = models.TinyCNN().eval()
+featcheck.calibrate_batchnorm(model, torch.randn(4, 3, 16, 16))
+ref = {k: v.clone() for k, v in model.state_dict().items()}
+x = torch.randn(4, 3, 16, 16)
+start = time.perf_counter()
+featcheck.capture(model, x, train=True)
+span = time.perf_counter() - start
+rng = random.Random(0)
+lock = threading.Lock()
+out = {"tries": 0, "interrupted": 0, "left_behind": 0}
+for _ in range(int(sys.argv[1])):
+    armed = [True]
+    delay = rng.uniform(0, span * 1.2)
+
+    def fire():
+        time.sleep(delay)
+        with lock:
+            if armed[0]:
+                _thread.interrupt_main()
+
+    t = threading.Thread(target=fire)
+    try:
+        t.start()
+        try:
+            featcheck.capture(model, x, train=True)
+        finally:
+            with lock:
+                armed[0] = False
+        t.join()
+        time.sleep(0.002)  # an interrupt sent just before disarming is delivered here
+    except KeyboardInterrupt:
+        out["interrupted"] += 1
+        t.join()
+    out["tries"] += 1
+    bad = not no_hooks(model) or any(m.training for m in model.modules())
+    bad = bad or any(not torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+    out["left_behind"] += bad
+print(json.dumps(out))
+"""
+
+
+def test_ctrl_c_at_any_moment_leaves_no_hook_flag_or_buffer_behind(tmp_path: Path) -> None:
+    """200 asynchronous SIGINTs at random moments of a train-mode capture (found 1-2% of tries
+    leaving hooks, buffers or flags behind before). In a subprocess: signals need a main thread
+    of their own, and a stray interrupt must not end the test session."""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(script), "200"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["tries"] == 200 and result["left_behind"] == 0
+    assert result["interrupted"] > 50  # the interrupts really did land inside captures
+
+
+def test_injected_faults_at_every_layer_leave_nothing_behind() -> None:
+    model = torchvision.models.resnet18(weights=None)
+    names = [n for n, m in model.named_modules() if not list(m.children())]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = random.Random(1)
+    for i in range(200):
+        target = dict(model.named_modules())[rng.choice(names)]
+
+        def boom(module: nn.Module, args: object, out: object) -> None:
+            raise RuntimeError("injected")
+
+        handle = target.register_forward_hook(boom)
+        try:
+            with pytest.raises(RuntimeError, match="injected"):
+                featcheck.capture(model, torch.randn(2, 3, 32, 32), train=bool(i % 2), grad=bool(i % 3 == 0))
+        finally:
+            handle.remove()
+        assert no_hooks(model) and model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+# -- item 4: a capture does not keep its model alive -------------------------------------------------
+
+
+def test_a_capture_does_not_keep_its_model_alive() -> None:
+    model = torchvision.models.resnet18(weights=None)
+    ref = weakref.ref(model)
+    cap = featcheck.capture(model, torch.randn(1, 3, 32, 32))
+    params = cap["conv1"].params
+    model.eval()
+    with featcheck.watch(model) as watched:
+        model(torch.randn(1, 3, 32, 32))
+    del model
+    gc.collect()
+    assert ref() is None
+    assert cap["conv1"].params == params == 9408 and cap["conv1"].module is None
+    assert cap["fc"].params == 513000  # counted while the model lived
+    assert watched.forwards == 1 and len(cap) == len(watched)
+
+
+def test_the_bn_warning_points_at_the_callers_line_and_only_when_the_check_fails() -> None:
+    model = torchvision.models.resnet18(weights=None).eval()
+    cap = featcheck.capture(model, torch.randn(2, 3, 64, 64))
+    with pytest.warns(UserWarning, match="default running statistics") as record:
+        with pytest.raises(featcheck.FeatcheckAssertionError):
+            featcheck.assert_no_dead_channels(cap, layers=nn.ReLU)
+    assert record[0].filename == __file__
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        featcheck.assert_finite(cap)
+        featcheck.assert_no_dead_channels(cap, layers="conv1")  # passes: no warning
+
+
+def test_statistics_of_reused_modules_stay_exact_after_the_restructure() -> None:
+    """The transaction per forward must not change what is recorded (guards the refactor)."""
+    model = models.SharedReLU()
+    x = torch.randn(2, 3, 5, 5)
+    cap = featcheck.capture(model, x)
+    with torch.no_grad():
+        ref = model.relu(model.b(model.relu(model.a(x)))) - 1.0
+    assert math.isclose(float(cap["relu:3"].stats["mean"].mean()), float(ref.relu().mean((0, 2, 3)).mean()), rel_tol=1e-6)

@@ -1,0 +1,211 @@
+"""``capture`` hands the model back as it found it: bitwise, and without breaking the user's
+autograd graphs (issue 9, items 1 and 2)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import featcheck
+from fixtures import models
+
+
+def state_of(model: nn.Module) -> dict[str, object]:
+    """Everything "left as found" covers, comparable bitwise."""
+    out: dict[str, object] = {}
+    for name, m in model.named_modules():
+        out[f"{name}/class"] = type(m)
+        out[f"{name}/training"] = m.training
+        out[f"{name}/params"] = {k: id(v) for k, v in m._parameters.items()}
+        out[f"{name}/buffers"] = {k: id(v) for k, v in m._buffers.items()}
+        out[f"{name}/modules"] = {k: id(v) for k, v in m._modules.items()}
+        out[f"{name}/attrs"] = sorted(k for k, v in m.__dict__.items() if isinstance(v, torch.Tensor))
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        out[f"{name}/bits"] = t.detach().reshape(-1).view(torch.uint8).clone() if t.dtype != torch.bool else t.clone()
+        out[f"{name}/requires_grad"] = t.requires_grad
+        out[f"{name}/leaf"] = t.is_leaf
+    return out
+
+
+def assert_same_state(before: dict[str, object], after: dict[str, object]) -> None:
+    assert before.keys() == after.keys()
+    for k in before:
+        a, b = before[k], after[k]
+        same = torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+        assert same, f"{k} changed"
+
+
+# -- item 1: the user's autograd graph survives a capture -------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_a_graph_the_user_holds_survives_a_capture(mode: str) -> None:
+    model = torchvision.models.resnet18(weights=None).train(mode == "train")
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    featcheck.capture(model, x)
+    featcheck.capture(model, x, train=True)
+    out.sum().backward()  # raised "modified by an inplace operation" before
+    assert model.conv1.weight.grad is not None
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_a_graph_made_by_capture_itself_can_be_differentiated(train: bool) -> None:
+    model = torchvision.models.resnet18(weights=None)
+    before = state_of(model)
+    cap = featcheck.capture(model, torch.randn(2, 3, 64, 64), grad=True, train=train)
+    cap.output.sum().backward()
+    assert model.fc.weight.grad is not None
+    for p in model.parameters():
+        p.grad = None
+    assert_same_state(before, state_of(model))
+
+
+def test_untouched_tensors_are_not_written_version_counters_unchanged() -> None:
+    model = torchvision.models.resnet18(weights=None).eval()
+    versions = [t._version for t in [*model.parameters(), *model.buffers()]]
+    featcheck.capture(model, torch.randn(1, 3, 64, 64))
+    assert [t._version for t in [*model.parameters(), *model.buffers()]] == versions
+
+
+def test_train_mode_capture_puts_running_statistics_back_bitwise() -> None:
+    model = torchvision.models.resnet18(weights=None)
+    featcheck.calibrate_batchnorm(model, torch.randn(4, 3, 64, 64))
+    before = state_of(model)
+    featcheck.capture(model, torch.randn(4, 3, 64, 64) * 3, train=True)
+    assert_same_state(before, state_of(model))
+
+
+# -- item 2: state that used to stay changed ---------------------------------------------------------
+
+
+class Rebinds(nn.Module):
+    """forward rebinds a buffer, registers new state lazily and keeps a plain tensor attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.register_buffer("n", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.n = self.n + 1
+        if not hasattr(self, "lazy_buf"):
+            self.register_buffer("lazy_buf", torch.ones(3))
+            self.lazy_param = nn.Parameter(torch.ones(2))
+            self.extra = nn.ReLU()
+        self.cache = x.mean()
+        return self.extra(self.conv(x))
+
+
+class MutatesItsWeight(nn.Module):
+    """A custom layer that updates its own parameter and buffer in forward (in place and via .data)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 3))
+        self.register_buffer("scale", torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.weight.mul_(0.5)
+        self.scale.data.add_(1.0)
+        return x.flatten(1)[:, :3] @ self.weight.T * self.scale
+
+
+def test_rebound_and_lazily_registered_state_is_undone() -> None:
+    model = Rebinds()
+    before = state_of(model)
+    n = model.n
+    featcheck.capture(model, torch.randn(2, 3, 8, 8))
+    assert_same_state(before, state_of(model))
+    assert model.n is n and float(model.n) == 0.0
+    assert not hasattr(model, "lazy_buf") and not hasattr(model, "cache") and not hasattr(model, "extra")
+
+
+def test_a_parameter_and_a_buffer_mutated_in_forward_are_put_back_bitwise() -> None:
+    model = MutatesItsWeight()
+    before = state_of(model)
+    featcheck.capture(model, torch.randn(2, 3, 2, 2))
+    assert_same_state(before, state_of(model))
+
+
+def test_dropout_in_train_mode_leaves_the_global_rng_alone() -> None:
+    model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5))
+    x = torch.randn(4, 8)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    featcheck.capture(model, x, train=True)
+    assert torch.equal(torch.rand(4), expected)
+
+
+class InPlaceBufferWithGrad(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("acc", torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x)
+        self.acc.add_(y.mean(0))  # with autograd on, the buffer joins the graph
+        return y
+
+
+def test_grad_capture_leaves_no_buffer_requiring_grad() -> None:
+    model = InPlaceBufferWithGrad()
+    before = state_of(model)
+    featcheck.capture(model, torch.randn(3, 4), grad=True)
+    assert not model.acc.requires_grad and model.acc.is_leaf
+    assert_same_state(before, state_of(model))
+
+
+def test_a_model_built_under_inference_mode_can_be_captured() -> None:
+    with torch.inference_mode():
+        model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        plain = model(x)  # works: reading inference tensors outside inference mode is allowed
+    before = state_of(model)
+    cap = featcheck.capture(model, x)  # the restore used to write into them and fail
+    assert torch.equal(cap.output, plain)
+    assert_same_state(before, state_of(model))
+
+
+def test_requires_grad_flags_and_training_flags_are_restored() -> None:
+    model = models.TinyCNN()
+    model.conv1.weight.requires_grad_(False)
+    model.bn1.eval()
+    before = state_of(model)
+    featcheck.capture(model, torch.randn(2, 3, 16, 16), train=True, grad=True)
+    assert_same_state(before, state_of(model))
+
+
+def test_state_is_restored_when_forward_raises() -> None:
+    model = Rebinds()
+    before = state_of(model)
+    with pytest.raises(RuntimeError):
+        featcheck.capture(model, torch.randn(2, 5, 8, 8))  # wrong channel count: conv raises
+    assert_same_state(before, state_of(model))
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_lazy_modules_are_refused_with_advice() -> None:
+    model = nn.Sequential(nn.LazyLinear(4))
+    with pytest.raises(ValueError, match="uninitialised lazy parameters.*Run one forward pass first"):
+        featcheck.capture(model, torch.randn(2, 3))
+    assert isinstance(model[0], nn.LazyLinear)
+
+
+def test_deepcopy_equivalence_on_a_real_model_in_train_mode() -> None:
+    """The strongest statement: after a train-mode capture with grad, the model is
+    indistinguishable from a copy taken before it."""
+    model = torchvision.models.mobilenet_v3_small(weights=None)
+    twin = copy.deepcopy(model)
+    featcheck.capture(model, torch.randn(2, 3, 64, 64), train=True, grad=True)
+    for (n, a), (_, b) in zip([*model.state_dict().items()], [*twin.state_dict().items()]):
+        assert torch.equal(a, b), n
+    assert [m.training for m in model.modules()] == [m.training for m in twin.modules()]
