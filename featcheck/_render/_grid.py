@@ -209,10 +209,11 @@ def channel_grid(
     c, h, w = maps.data.shape
     idx = _choose(maps, maps.data, c if max_channels is None else max_channels, select, flagged)
     scale = _scale_for(h, w, min_tile, max_tile)
-    data = maps.data[idx]
+    data = maps.data
     if _tiles is None:  # subsample before normalising; save_channels needs the full resolution
         data = data[:, :: scale[2], :: scale[3]]
         scale = (*scale[:2], 1, 1)
+    data = data if len(idx) == c else data[idx]  # a view when every channel is shown
     q, bad, desc = _quantise(maps, data, idx, normalize, shared, percentile)
     cmap = cmap or ("RdBu_r" if normalize == "symmetric" else "viridis")
     if _tiles is not None:  # save_channels reuses the quantised channels instead of redoing them

@@ -22,7 +22,7 @@ from . import _args
 from ._draw import _captioned, _map_step, _upscale
 from ._maps import _maps
 
-_FIT_POSITIONS = 256  # eigh in float64 measured 0.3 s at 256, 1.5-4 s at 512 and 8 s at 1024 on this 2-core machine
+_FIT_POSITIONS = 256  # eigh cost grows with its cube; 256 keeps it near 0.1 s
 _BLOCK = 1 << 22  # values per block of the projection
 
 
@@ -62,6 +62,14 @@ def _project(m: torch.Tensor, mean: torch.Tensor, comps: torch.Tensor) -> torch.
     return torch.cat(out)
 
 
+def _eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of a small symmetric matrix, deterministic. numpy's
+    LAPACK on the host: torch's CPU ``eigh`` of a 256 x 256 matrix was measured at 0.06 s on one
+    thread and 5-7.5 s on two busy cores (its threads spin), numpy's at 0.08 s."""
+    vals, vecs = np.linalg.eigh(a.cpu().numpy())
+    return torch.from_numpy(vals).to(a.device), torch.from_numpy(vecs).to(a.device)
+
+
 def _fit_pca(m: torch.Tensor) -> _PCABasis:
     c = m.shape[0]
     xs = m.reshape(c, -1)
@@ -71,13 +79,13 @@ def _fit_pca(m: torch.Tensor) -> _PCABasis:
     mean = fit.mean(1)
     xc = fit - mean[:, None]
     if c <= p:
-        vals, vecs = torch.linalg.eigh(xc @ xc.T / p)  # the covariance; deterministic, ascending
+        vals, vecs = _eigh(xc @ xc.T / p)  # the covariance
         order = torch.argsort(vals, descending=True, stable=True)[:3]
         comps = vecs[:, order]
     else:
         # Gram matrix G = X^T X / p: for G u = l u, v = X u / sqrt(p l) is a unit eigenvector of
         # the covariance X X^T / p with the same eigenvalue l.
-        vals, u = torch.linalg.eigh(xc.T @ xc / p)
+        vals, u = _eigh(xc.T @ xc / p)
         order = torch.argsort(vals, descending=True, stable=True)[:3]
         top = vals[order]
         keep = top > top[0].clamp_min(0) * 1e-12  # directions without variance have no direction
