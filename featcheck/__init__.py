@@ -46,29 +46,25 @@ _LAZY = {
     "assert_shapes": "._checks",
     "assert_strides": "._checks",
     "calibrate_batchnorm": "._calibrate",
-    "channel_grid": "._render",
-    "heatmap": "._render",
-    "kernel_grid": "._render",
-    "load_image": "._render",
-    "pca_rgb": "._render",
+    "channel_grid": "._render._grid",
+    "heatmap": "._render._heatmap",
+    "kernel_grid": "._render._kernels",
+    "load_image": "._render._images",
+    "pca_rgb": "._render._pca",
     "sample_input": "._inputs",
-    "save_channels": "._render",
-    "to_image": "._render",
+    "save_channels": "._render._grid",
+    "to_image": "._render._images",
 }
 
 if TYPE_CHECKING:
     from ._calibrate import calibrate_batchnorm
     from ._capture import Capture, LayerCapture, capture, watch
     from ._inputs import sample_input
-    from ._render import (
-        channel_grid,
-        heatmap,
-        kernel_grid,
-        load_image,
-        pca_rgb,
-        save_channels,
-        to_image,
-    )
+    from ._render._grid import channel_grid, save_channels
+    from ._render._heatmap import heatmap
+    from ._render._images import load_image, to_image
+    from ._render._kernels import kernel_grid
+    from ._render._pca import pca_rgb
     from ._checks import (
         assert_finite,
         assert_no_dead_channels,
