@@ -231,6 +231,11 @@ def load(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise BaselineError(f"cannot be read ({e.__class__.__name__}: {e})") from None
+    return parse(text)
+
+
+def parse(text: str) -> dict[str, Any]:
+    """:func:`load` without the file: JSON text to a validated document."""
     try:
         doc = json.loads(text)
     except ValueError as e:
@@ -352,7 +357,8 @@ def _last_digit(a: np.ndarray) -> np.ndarray:
     neighbouring stored values may differ by less than that, so it is never drift."""
     mag = np.abs(np.nan_to_num(a))
     exponent = np.floor(np.log10(np.where(mag > 0, mag, 1.0)))
-    return np.where(mag > 0, 10.0 ** (exponent - (STAT_DIGITS - 1)), 0.0)
+    # A hair more than one unit: 1.235 - 1.234 is 1.0000000000001e-3 in binary floating point.
+    return np.where(mag > 0, 10.0 ** (exponent - (STAT_DIGITS - 1)) * (1 + 1e-9), 0.0)
 
 
 def _drift(
