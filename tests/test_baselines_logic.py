@@ -89,7 +89,7 @@ DAMAGE = [
 ]
 
 
-@pytest.mark.parametrize("path,value,message", DAMAGE, ids=[f"{p}={v!r}" for p, v, _ in DAMAGE])
+@pytest.mark.parametrize("path,value,message", DAMAGE, ids=[f"{p}={'deleted' if v is DELETE else json.dumps(v)}" for p, v, _ in DAMAGE])
 def test_every_field_is_validated(path: str, value: Any, message: str) -> None:
     with pytest.raises(B.BaselineError) as info:
         B.parse(json.dumps(damaged(path, value)))
