@@ -3,12 +3,17 @@
 Storage: ``__featcheck__/<test module>/<test>[.<name>].json`` next to the test file, one file per
 check (so pytest-xdist workers never share a file). Every file has a version; keys are sorted and
 number lists kept on one line, so that a change reads well in code review. Statistics only, never
-raw tensors, and a size cap.
+raw tensors, and a size cap. Per-channel statistics keep 4 significant digits, and a layer whose
+statistics repeat an earlier layer's refers to it (``"same_as"``); files written with 6 digits
+and no references (before this was so) are read as they are.
 
 Semantics (syrupy's): a missing baseline fails and writes nothing; ``--featcheck-update`` writes
 missing and changed baselines (those checks pass and the terminal summary lists them); a file
 that cannot be read or has an unknown version fails with its path and is only ever rewritten by
-``--featcheck-update``. Writes are atomic (a temporary file renamed into place).
+``--featcheck-update``. Every field of a file is checked when it is read, so a damaged file
+fails with its path, the field at fault and the update command. Writes are atomic (a temporary
+file renamed into place); a directory or a file standing where a baseline or its folder must go
+is never replaced.
 
 The diff matches layers by name and, where names moved, by call order (a sequence alignment of
 the layers' signatures), so that an inserted block reads as one added layer and renamed followers,
@@ -20,6 +25,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,18 +37,25 @@ from ._errors import FeatcheckAssertionError
 from ._paths import safe_filename, write_atomic
 
 FORMAT_VERSION = 1
-DEFAULT_MAX_KB = 2048
+STAT_DIGITS = 4
 _STRUCTURE = ("module_type", "shape", "dtype", "stride", "channels", "params")
 
 
 # -- what is stored --------------------------------------------------------------------------------
 
 
-def _sig(v: float) -> float | None:
-    """Six significant digits: enough to see drift, small in a diff. NaN and Inf become null."""
+def _sig(v: float, digits: int = 6) -> float | None:
+    """``digits`` significant digits; NaN and Inf become null."""
     if not math.isfinite(v):
         return None
-    return float(f"{v:.6g}")
+    return float(f"{v:.{digits}g}")
+
+
+def _channel_values(values: Any) -> list[float | None]:
+    """Per-channel statistics keep STAT_DIGITS significant digits: a difference of one unit in
+    the last digit is never reported as drift (see ``_drift``), and each value costs about 8
+    bytes, so that the default baseline of common models stays under the size cap."""
+    return [_sig(v, STAT_DIGITS) for v in values]
 
 
 def layer_entry(lc: Any, stats: bool) -> dict[str, Any]:
@@ -58,10 +71,12 @@ def layer_entry(lc: Any, stats: bool) -> dict[str, Any]:
     if stats:
         st = lc.stats
         entry["stats"] = {
-            "mean": [_sig(v) for v in st["mean"]],
-            "std": [_sig(v) for v in st["std"]],
-            "dead_fraction": _sig(len(lc.dead_channels()) / lc.channels),
-            "saturated_fraction": None if lc.bounds is None else _sig(len(lc.saturated_channels()) / lc.channels),
+            "mean": _channel_values(st["mean"]),
+            "std": _channel_values(st["std"]),
+            "dead_fraction": _sig(len(lc.dead_channels()) / lc.channels) if lc.channels else None,
+            "saturated_fraction": (
+                _sig(len(lc.saturated_channels()) / lc.channels) if lc.bounds is not None and lc.channels else None
+            ),
         }
     return entry
 
@@ -79,12 +94,30 @@ def document(layers: list[dict[str, Any]], nodeid: str, name: str | None, stats:
     }
 
 
+def stored(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document as written: a layer whose statistics equal an earlier layer's (Dropout,
+    Identity and StochasticDepth in eval mode, Permute, Flatten of a 1 x 1 map) stores
+    ``"stats": {"same_as": <that layer>}`` instead of a copy (a third of a ViT's baseline)."""
+    first: dict[str, str] = {}
+    layers = []
+    for layer in doc["layers"]:
+        st = layer.get("stats")
+        if st is not None:
+            key = json.dumps([layer["channels"], st], sort_keys=True)
+            if key in first:
+                layer = {**layer, "stats": {"same_as": first[key]}}
+            else:
+                first[key] = layer["name"]
+        layers.append(layer)
+    return {**doc, "layers": layers}
+
+
 _NUMBER_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+|null)(?:,\s*(?:-?[\d.eE+-]+|null))*)\s*\]")
 
 
 def dumps(doc: dict[str, Any]) -> str:
     text = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False)
-    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
+    return _NUMBER_LIST.sub(lambda m: "[" + ",".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -94,20 +127,126 @@ class BaselineError(Exception):
     """A baseline file that cannot be used (unreadable, malformed, unknown version)."""
 
 
-def load(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise BaselineError(f"cannot be read as JSON ({e.__class__.__name__}: {e})") from None
+def _show(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    """A finite JSON number (``bool`` is an ``int`` in Python, but not here)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_fraction(v: Any) -> bool:
+    return v is None or (_is_number(v) and 0 <= v <= 1)
+
+
+def _is_number_list(v: Any) -> bool:
+    return isinstance(v, list) and all(x is None or _is_number(x) for x in v)
+
+
+_LAYER_FIELDS: dict[str, tuple[Any, str]] = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "module_type": (lambda v: isinstance(v, str), "a string"),
+    "shape": (lambda v: isinstance(v, list) and all(x is None or (_is_int(x) and x >= 0) for x in v),
+              "a list of non-negative ints and nulls"),
+    "dtype": (lambda v: isinstance(v, str), "a string"),
+    "stride": (lambda v: v is None or _is_number_list(v), "null or a list of numbers"),
+    "channels": (lambda v: _is_int(v) and v >= 0, "a non-negative int"),
+    "params": (lambda v: v is None or (_is_int(v) and v >= 0), "null or a non-negative int"),
+}
+
+
+def _check_stats(st: Any, channels: int, earlier: dict[str, dict[str, Any]]) -> str | None:
+    """What is wrong with one layer's ``stats`` (None if nothing)."""
+    if not isinstance(st, dict):
+        return f"'stats' must be an object, found {_show(st)}"
+    if "same_as" in st:
+        ref = st["same_as"]
+        if set(st) != {"same_as"} or not isinstance(ref, str):
+            return f"'stats' with 'same_as' must hold only a layer name, found {_show(st)}"
+        target = earlier.get(ref)
+        if target is None or not isinstance(target.get("stats"), dict) or "same_as" in target["stats"]:
+            return f"'stats.same_as' must name an earlier layer with its own statistics, found {_show(ref)}"
+        if target["channels"] != channels:
+            return f"'stats.same_as' names {ref!r}, which has {target['channels']} channels, not {channels}"
+        return None
+    for key in ("mean", "std"):
+        v = st.get(key)
+        if not _is_number_list(v) or len(v) != channels:
+            return f"'stats.{key}' must be a list of {channels} numbers or nulls (one per channel), found {_show(v)}"
+    for key in ("dead_fraction", "saturated_fraction"):
+        if key not in st or not _is_fraction(st[key]):
+            return f"'stats.{key}' must be null or a number from 0 to 1, found {_show(st.get(key))}"
+    return None
+
+
+def _validate(doc: Any) -> None:
+    """Every field's type, per layer; raises BaselineError saying which field of which layer."""
     if not isinstance(doc, dict) or "featcheck_baseline" not in doc:
         raise BaselineError("is not a featcheck baseline (no 'featcheck_baseline' version field)")
-    if doc["featcheck_baseline"] != FORMAT_VERSION:
-        raise BaselineError(
-            f"has format version {doc['featcheck_baseline']!r}; this featcheck reads version {FORMAT_VERSION}"
-        )
-    layers = doc.get("layers")
-    if not isinstance(layers, list) or not all(isinstance(x, dict) and "name" in x for x in layers):
-        raise BaselineError("has no valid 'layers' list")
+    version = doc["featcheck_baseline"]
+    if not _is_int(version):
+        raise BaselineError(f"has 'featcheck_baseline': {_show(version)}, which is not a format version number")
+    if version != FORMAT_VERSION:
+        raise BaselineError(f"has format version {version}; this featcheck reads version {FORMAT_VERSION}")
+    for key, ok, expected in (
+        ("stats", lambda v: isinstance(v, bool), "true or false"),
+        ("layers", lambda v: isinstance(v, list), "a list of layers"),
+        ("test", lambda v: isinstance(v, str), "a string"),
+        ("name", lambda v: v is None or isinstance(v, str), "null or a string"),
+        ("torch", lambda v: isinstance(v, str), "a string"),
+    ):
+        if key not in doc or not ok(doc[key]):
+            found = _show(doc[key]) if key in doc else "nothing"
+            raise BaselineError(f"is malformed: '{key}' must be {expected}, found {found}")
+    earlier: dict[str, dict[str, Any]] = {}
+    for i, layer in enumerate(doc["layers"]):
+        where = f"layer {i}"
+        if not isinstance(layer, dict):
+            raise BaselineError(f"is malformed: {where} must be an object, found {_show(layer)}")
+        if isinstance(layer.get("name"), str):
+            where += f" ({layer['name']!r})"
+        for key, (ok, expected) in _LAYER_FIELDS.items():
+            if key not in layer or not ok(layer[key]):
+                found = _show(layer[key]) if key in layer else "nothing"
+                raise BaselineError(f"is malformed: {where}: '{key}' must be {expected}, found {found}")
+        if layer["name"] in earlier:
+            raise BaselineError(f"is malformed: {where}: the name appears twice")
+        if "stats" in layer or doc["stats"]:
+            problem = _check_stats(layer.get("stats"), layer["channels"], earlier)
+            if problem:
+                raise BaselineError(f"is malformed: {where}: {problem}")
+        earlier[layer["name"]] = layer
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Read and validate a baseline; layers stored as ``"stats": {"same_as": name}`` get a copy of
+    that layer's statistics, so that comparing never sees the shorthand."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BaselineError(f"cannot be read ({e.__class__.__name__}: {e})") from None
+    return parse(text)
+
+
+def parse(text: str) -> dict[str, Any]:
+    """:func:`load` without the file: JSON text to a validated document."""
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise BaselineError(f"cannot be read as JSON ({e.__class__.__name__}: {e})") from None
+    _validate(doc)
+    by_name: dict[str, dict[str, Any]] = {}
+    for layer in doc["layers"]:
+        ref = layer.get("stats", {}).get("same_as")
+        if ref is not None:
+            layer["stats"] = dict(by_name[ref]["stats"])
+        by_name[layer["name"]] = layer
     return doc
 
 
@@ -213,6 +352,15 @@ def _align(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> Diff:
     return diff
 
 
+def _last_digit(a: np.ndarray) -> np.ndarray:
+    """One unit in the last stored digit of each value: two captures whose statistics round to
+    neighbouring stored values may differ by less than that, so it is never drift."""
+    mag = np.abs(np.nan_to_num(a))
+    exponent = np.floor(np.log10(np.where(mag > 0, mag, 1.0)))
+    # A hair more than one unit: 1.235 - 1.234 is 1.0000000000001e-3 in binary floating point.
+    return np.where(mag > 0, 10.0 ** (exponent - (STAT_DIGITS - 1)) * (1 + 1e-9), 0.0)
+
+
 def _drift(
     old: dict[str, Any], new: dict[str, Any], rtol: float, atol: float
 ) -> list[str]:
@@ -225,7 +373,7 @@ def _drift(
         b = np.array([np.nan if v is None else v for v in sn[key]], dtype=np.float64)
         if a.shape != b.shape:
             continue
-        tol = atol + rtol * np.abs(a)
+        tol = np.maximum(atol + rtol * np.abs(a), _last_digit(a))
         nan_changed = np.isnan(a) != np.isnan(b)
         over = (np.abs(b - a) > tol) & ~np.isnan(a) & ~np.isnan(b) | nan_changed
         if over.any():
@@ -293,6 +441,45 @@ def baseline_path(test_file: Path, nodeid: str, name: str | None) -> Path:
     return test_file.parent / "__featcheck__" / safe_filename(test_file.stem, 80) / f"{stem}.json"
 
 
+def _blocking_file(path: Path) -> Path | None:
+    """The nearest existing ancestor folder of ``path`` when it is a file (then nothing can be
+    stored there), else None."""
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def _write(path: Path, text: str, display_path: str, command: str) -> None:
+    __tracebackhide__ = True
+    try:
+        write_atomic(path, text.encode(), durable=True)
+    except OSError as e:
+        raise FeatcheckAssertionError(
+            f"featcheck baseline {display_path} could not be written ({e.__class__.__name__}: "
+            f"{e.strerror or e}); any existing file was left as it is. Make its folder writable, "
+            f"then run: {command}"
+        ) from None
+
+
+def _check_place(path: Path, display_path: str, command: str) -> None:
+    """Fail clearly where a directory or a file stands where the baseline or its folder must go."""
+    __tracebackhide__ = True
+    if path.is_dir():
+        raise FeatcheckAssertionError(
+            f"featcheck baseline {display_path} is a directory, not a baseline file; featcheck "
+            f"never replaces it. Move it away, then run: {command}"
+        )
+    blocker = _blocking_file(path)
+    if blocker is not None:
+        depth = len(path.relative_to(blocker).parts)
+        shown = Path(display_path).parents[depth - 1]
+        raise FeatcheckAssertionError(
+            f"featcheck baseline {display_path} cannot be stored: {shown} is a file, not a folder; "
+            f"featcheck never replaces it. Move it away, then run: {command}"
+        )
+
+
 def check(
     cap: Any,
     *,
@@ -310,13 +497,14 @@ def check(
 ) -> str | None:
     """Compare (or, with ``update``, write) one baseline. Returns 'written' / 'updated' / None."""
     __tracebackhide__ = True
-    if rtol < 0 or atol < 0:
-        raise ValueError(f"rtol and atol must be >= 0, got rtol={rtol!r}, atol={atol!r}")
+    for arg, value in (("rtol", rtol), ("atol", atol)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value < math.inf:
+            raise ValueError(f"{arg} must be a finite number >= 0, got {value!r}")
     records = cap.select(layers)
     if not records:
         raise ValueError("the capture has no layers to compare; capture some or widen layers=")
     new_doc = document([layer_entry(lc, stats) for lc in records], nodeid, name, stats)
-    text = dumps(new_doc)
+    text = dumps(stored(new_doc))
     size_kb = len(text.encode()) / 1024
     if size_kb > max_kb:
         raise FeatcheckAssertionError(
@@ -324,9 +512,10 @@ def check(
             f"{max_kb:g} KiB (ini featcheck_baseline_max_kb). Check fewer layers (layers=...), "
             "or pass stats=False to guard the architecture only."
         )
+    _check_place(path, display_path, command)
     if not path.exists():
         if update:
-            write_atomic(path, text.encode(), durable=True)
+            _write(path, text, display_path, command)
             return "written"
         raise FeatcheckAssertionError(
             f"featcheck baseline {display_path} does not exist; nothing was written.\n"
@@ -336,17 +525,17 @@ def check(
         old_doc = load(path)
     except BaselineError as e:
         if update:
-            write_atomic(path, text.encode(), durable=True)
+            _write(path, text, display_path, command)
             return "updated"
         raise FeatcheckAssertionError(
             f"featcheck baseline {display_path} {e}. It was left as it is.\n"
             f"Rewrite it from this capture with: {command}"
         ) from None
-    diff = compare(old_doc, new_doc, rtol, atol, stats and bool(old_doc.get("stats", True)))
+    diff = compare(old_doc, new_doc, rtol, atol, stats and old_doc["stats"])
     if not diff.structural and not diff.drift:
         return None
     if update:
-        write_atomic(path, text.encode(), durable=True)
+        _write(path, text, display_path, command)
         return "updated"
     by_name = {lc.name: lc for lc in records}
     touched = [y["name"] for y in diff.added] + [y["name"] for _, y, _ in diff.changed] + [n for n, _ in diff.drift]
