@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from . import _capture
+from . import _capture, _report
 
 __all__ = ["FIXTURE_KEY", "FeatcheckFixture"]
 
@@ -30,7 +30,7 @@ class FeatcheckFixture:
         self.enabled = enabled
         self.report_dir = report_dir
         self.captures: list[_capture.Capture] = []
-        self.requests: list[tuple[str, Any, dict[str, Any]]] = []
+        self.requests: list[_report._Request] = []
         self._node = node
         self._update = update
         self._baselines: set[Path] = set()
@@ -58,26 +58,67 @@ class FeatcheckFixture:
             options: passed to :func:`featcheck.channel_grid` (``max_channels``, ``cmap``,
                 ``normalize``, ``select``, ...).
 
-        Without ``--featcheck`` this does nothing: no picture is rendered or written.
+        Raises:
+            TypeError: ``x`` is none of these, ``layers`` is given for something other than a
+                Capture, or an option is unknown.
+            ValueError: ``x`` is an empty tensor, or an option value is invalid.
+            LayerNotFoundError: a name in ``layers`` matches no layer of the capture.
+
+        The arguments are checked at the call, with or without ``--featcheck``; without it
+        nothing is rendered or written.
         """
+        __tracebackhide__ = True
+        import torch
         from PIL import Image
 
         if isinstance(x, Image.Image):
             unknown = sorted(set(options) - {"title"})
             if unknown or layers is not None:
                 raise TypeError(f"a finished picture takes only title=, got {', '.join(map(repr, unknown or ['layers']))}")
-        else:
+        elif isinstance(x, (_capture.Capture, _capture.LayerCapture, torch.Tensor)):
+            if layers is not None and not isinstance(x, _capture.Capture):
+                raise TypeError(
+                    f"layers= chooses layers of a Capture; got a {type(x).__name__}. Pass the "
+                    "Capture with layers=, or the LayerCapture or tensor without it"
+                )
+            if isinstance(x, torch.Tensor) and x.numel() == 0:
+                raise ValueError(f"show got an empty tensor of shape {tuple(x.shape)}: there is nothing to draw")
+            if isinstance(x, _capture.Capture) and len(x):
+                x.select(layers)  # a watch may still be empty: its layers are chosen at the report
             _check_options(options, "channel_grid")
+            _check_values("channel_grid", x, options)
+        else:
+            raise TypeError(
+                f"show expects a Capture, a LayerCapture, a tensor or a PIL image, got {type(x).__name__}"
+            )
         if self.enabled:
-            self.requests.append(("show", x, {"layers": layers, **options}))
+            self.requests.append(_report._Show(x, layers, options))
 
     def show_kernels(self, module: Any, layers: Any = None, **options: Any) -> None:
         """Put kernel grids of ``module`` (a convolution, or every convolution inside a module,
         chosen with ``layers``) in this test's report; options go to
-        :func:`featcheck.kernel_grid`. Without ``--featcheck`` this does nothing."""
+        :func:`featcheck.kernel_grid`.
+
+        Raises:
+            TypeError: ``module`` is neither a module nor a weight tensor, or an option is unknown.
+            ValueError: no convolution to draw, or an option value is invalid.
+            LayerNotFoundError: a name in ``layers`` matches no convolution of ``module``.
+
+        The arguments are checked at the call, with or without ``--featcheck``; without it
+        nothing is rendered or written.
+        """
+        __tracebackhide__ = True
         _check_options(options, "kernel_grid")
+        modules = _kernel_modules(module, layers)
+        _check_values("kernel_grid", module, options)
         if self.enabled:
-            self.requests.append(("kernels", module, {"layers": layers, **options}))
+            title = options.pop("title", None)
+            self.requests.append(_report._Kernels(modules, title, options))
+
+    def _release(self) -> None:
+        """Forget the test's captures and requests (the fixture's teardown, after the report)."""
+        self.captures.clear()
+        self.requests.clear()
 
     def check_baseline(
         self,
@@ -136,8 +177,53 @@ class FeatcheckFixture:
         raise AttributeError(f"the featcheck fixture has no attribute {name!r}")
 
 
+def _kernel_modules(module: Any, layers: Any) -> list[tuple[str, Any]]:
+    """The ``(name, convolution)`` pairs ``show_kernels(module, layers)`` draws."""
+    __tracebackhide__ = True
+    import torch
+
+    from ._selection import select
+
+    if isinstance(module, torch.Tensor):
+        if layers is not None:
+            raise TypeError("layers= chooses convolutions inside a module; got a weight tensor. Pass the module")
+        if module.numel() == 0:
+            raise ValueError(f"show_kernels got an empty weight of shape {tuple(module.shape)}: there is nothing to draw")
+        return [("weight", module)]
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"show_kernels expects a module or a weight tensor, got {type(module).__name__}")
+    convs = [(n, m) for n, m in module.named_modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    if not convs:
+        raise ValueError(
+            f"show_kernels found no convolution in {type(module).__name__}; pass a convolution, a "
+            "module that contains some, or a weight tensor"
+        )
+    if layers is not None:
+        names = set(select(convs, layers, f"{type(module).__name__} convolutions"))
+        convs = [(n, m) for n, m in convs if n in names]
+    return convs
+
+
+def _check_values(renderer: str, x: Any, options: dict[str, Any]) -> None:
+    """Check option values at the call, so that a bad one fails the test at its own line.
+
+    The single call site of option-value checks: switch it to
+    ``featcheck._render.check_options(renderer, x, options)`` once the renderer offers it;
+    until then the colormap, which the renderers look up only when drawing, is checked here.
+    """
+    __tracebackhide__ = True
+    from . import _render
+
+    cmap = options.get("cmap")
+    if cmap is not None:
+        if not isinstance(cmap, str):
+            raise TypeError(f"cmap must be a matplotlib colormap name (a str), got {type(cmap).__name__}")
+        _render._lut(cmap)
+
+
 def _check_options(options: dict[str, Any], renderer: str) -> None:
     """Reject misspelt options at the call, not silently at report time."""
+    __tracebackhide__ = True
     from . import _render
 
     params = [p for p in inspect.signature(getattr(_render, renderer)).parameters if not p.startswith("_")]

@@ -1,26 +1,34 @@
 """The visual report: pictures per test for pytest-html, a standalone gallery, a terminal summary.
 
 One :class:`ReportSession` per pytest run owns the run's state (syrupy-style). Per test it turns
-what the test asked to show (``featcheck.show``, ``featcheck.show_kernels``) and what a failed
-featcheck check flagged into pictures, attaches them to the pytest-html report (as extras, in
-the report hook at the call phase, so failing tests have them too) and keeps a record for the
-gallery. Under pytest-xdist, workers hand their records to the controller
-(``config.workeroutput``), which alone writes the gallery, once.
+what the test asked to show (``featcheck.show``, ``featcheck.show_kernels``, queued by the fixture
+as small request objects) and what a failed featcheck check flagged into pictures, in the report
+hook at the call phase (so failing tests have them too), and keeps a :class:`_Record` of plain
+data: no capture and no model outlives its test. Whatever goes wrong while drawing becomes a note
+in the test's report, the gallery and the terminal summary, never an error of the run. Under
+pytest-xdist each worker hands every record over with its test report, as it goes, so a worker
+that crashes loses nothing it reported; the controller alone writes the gallery, once.
 
 Everything that reaches HTML is escaped; file names derived from test ids and layer names are
-sanitised and length-capped (``_paths.safe_filename``). featcheck deletes only files it wrote
-itself (listed in the gallery's manifest) and refuses to overwrite an ``index.html`` or
-``summary.json`` it did not write.
+sanitised and length-capped (``_paths.safe_filename``), also the names of the pictures featcheck
+puts in pytest-html's assets folder. featcheck deletes only files it wrote itself (listed in the
+gallery's manifest) and refuses, before any test runs, a gallery folder that is a file or holds an
+``index.html`` or ``summary.json`` it did not write.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import functools
 import html
 import io
 import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import pytest
 
@@ -31,6 +39,88 @@ ATTACH_MODES = ("all", "failed", "none")
 MANIFEST = ".featcheck-manifest.json"
 SUMMARY_VERSION = 1
 _OWN_FILES = ("index.html", "summary.json")
+
+
+# -- what the fixture queues and what a test leaves -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Show:
+    """``featcheck.show(x, layers, **options)``, checked at the call, drawn at the report hook."""
+
+    x: Any
+    layers: Any
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Kernels:
+    """``featcheck.show_kernels``: the convolutions chosen at the call, as ``(name, module)``."""
+
+    modules: list[tuple[str, Any]]
+    title: str | None
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Flagged:
+    """A layer a failed featcheck check flagged, with the offending channels."""
+
+    lc: Any
+    channels: list[int]
+    check: str
+
+
+_Request = Union[_Show, _Kernels, _Flagged]
+
+
+@dataclass(frozen=True)
+class _Picture:
+    name: str
+    kind: str
+    png: bytes
+    caption: str
+    table: list[tuple[str, str]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "png": base64.b64encode(self.png).decode("ascii"),
+                "caption": self.caption, "table": [list(row) for row in self.table]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Picture:
+        return cls(data["name"], data["kind"], base64.b64decode(data["png"]), data["caption"],
+                   [(k, v) for k, v in data["table"]])
+
+
+@dataclass(frozen=True)
+class _Flag:
+    layer: str
+    channels: list[int]
+    check: str
+
+
+@dataclass(frozen=True)
+class _Record:
+    """What one test leaves for the gallery and the terminal summary: plain data only (no
+    captures, no models), so that nothing of the test outlives it but its pictures."""
+
+    nodeid: str
+    outcome: str
+    layers: list[str]
+    flagged: list[_Flag]
+    pictures: list[_Picture]
+    dropped: int
+    notes: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nodeid": self.nodeid, "outcome": self.outcome, "layers": self.layers,
+                "flagged": [dataclasses.asdict(f) for f in self.flagged],
+                "pictures": [p.to_json() for p in self.pictures], "dropped": self.dropped, "notes": self.notes}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Record:
+        return cls(data["nodeid"], data["outcome"], data["layers"], [_Flag(**f) for f in data["flagged"]],
+                   [_Picture.from_json(p) for p in data["pictures"]], data["dropped"], data["notes"])
 
 
 # -- pictures ------------------------------------------------------------------------------------
@@ -68,88 +158,93 @@ def _nanmean(a: Any) -> float:
     return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
 
 
-def _picture(name: str, kind: str, image: Any, table: list[tuple[str, str]]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "kind": kind,
-        "png": _png(image),
-        "caption": image.info.get("caption", name),
-        "table": table,
-    }
+def _picture(name: str, kind: str, image: Any, table: list[tuple[str, str]]) -> _Picture:
+    return _Picture(name, kind, _png(image), image.info.get("caption", name), table)
 
 
-def render_requests(requests: list[tuple[str, Any, dict[str, Any]]], limit: int) -> tuple[list[dict[str, Any]], int]:
-    """Turn queued show requests into pictures, at most ``limit``; returns (pictures, dropped)."""
+_Drawing = tuple[str, Callable[[], _Picture]]
+
+
+def _drawings(request: _Request, without_sample: list[str]) -> list[_Drawing]:
+    """The pictures one request asks for, each as (label, draw), not drawn yet; records without
+    a sample (``keep_samples=False``) go to ``without_sample`` instead."""
     from PIL import Image
 
     from . import _render
     from ._capture import Capture, LayerCapture
 
-    pictures: list[dict[str, Any]] = []
+    if isinstance(request, _Flagged):
+        lc, channels, check = request.lc, request.channels, request.check
+        if lc.sample is None:
+            without_sample.append(lc.name)
+            return []
+        return [(lc.name, lambda: _picture(
+            lc.name, f"flagged: {check}", _render.channel_grid(lc, flagged=channels, select="energy"), _health(lc)
+        ))]
+    if isinstance(request, _Kernels):
+        opts = request.options
+        out: list[_Drawing] = []
+        for name, module in request.modules:
+            label = (request.title if len(request.modules) == 1 else None) or name or type(module).__name__
+            out.append((label, functools.partial(
+                lambda label, module: _picture(label, "kernels", _render.kernel_grid(module, title=label, **opts), []),
+                label, module,
+            )))
+        return out
+    x, opts = request.x, request.options
+    if isinstance(x, Image.Image):
+        title = opts.get("title") or x.info.get("caption", "picture").split("\n")[0]
+        return [(title, lambda: _picture(title, "picture", x, []))]
+    if isinstance(x, (Capture, LayerCapture)):
+        out = []
+        for lc in x.select(request.layers) if isinstance(x, Capture) else [x]:
+            if lc.sample is None:
+                without_sample.append(lc.name)
+                continue
+            out.append((lc.name, functools.partial(
+                lambda lc: _picture(lc.name, "grid", _render.channel_grid(lc, **opts), _health(lc)), lc
+            )))
+        return out
+    title = opts.get("title") or "tensor"
+    return [(title, lambda: _picture(title, "grid", _render.channel_grid(x, **opts), []))]
+
+
+def render_requests(requests: list[_Request], limit: int) -> tuple[list[_Picture], int, list[str]]:
+    """Turn queued requests into pictures, at most ``limit``; returns (pictures, dropped, notes).
+
+    Nothing raised while drawing escapes: it becomes a note naming the picture, so that one
+    picture that cannot be drawn never costs the test its others, nor the run its report.
+    """
+    pictures: list[_Picture] = []
+    notes: list[str] = []
     dropped = 0
-
-    def room() -> bool:
-        nonlocal dropped
-        if len(pictures) >= limit:
-            dropped += 1
-            return False
-        return True
-
-    for kind, obj, opts in requests:
-        opts = dict(opts)
-        if kind == "flagged":
-            lc, channels, check = obj
-            if room():
-                img = _render.channel_grid(lc, flagged=channels, select="energy")
-                pictures.append(_picture(lc.name, f"flagged: {check}", img, _health(lc)))
-        elif kind == "show":
-            layers = opts.pop("layers", None)
-            if isinstance(obj, Capture):
-                targets = obj.select(layers)
-            elif isinstance(obj, LayerCapture):
-                targets = [obj]
-            else:
-                targets = [obj]
-            for t in targets:
-                if not room():
-                    continue
-                if isinstance(t, Image.Image):
-                    title = opts.get("title") or t.info.get("caption", "picture").split("\n")[0]
-                    pictures.append(_picture(title, "picture", t, []))
-                elif isinstance(t, LayerCapture):
-                    if t.sample is None:
-                        continue
-                    pictures.append(_picture(t.name, "grid", _render.channel_grid(t, **opts), _health(t)))
-                else:
-                    title = opts.get("title") or "tensor"
-                    pictures.append(_picture(title, "grid", _render.channel_grid(t, **opts), []))
-        elif kind == "kernels":
-            layers = opts.pop("layers", None)
-            title = opts.pop("title", None)
-            modules = _kernel_modules(obj, layers)
-            for name, module in modules:
-                if room():
-                    label = (title if len(modules) == 1 else None) or name or type(module).__name__
-                    img = _render.kernel_grid(module, title=label, **opts)
-                    pictures.append(_picture(label, "kernels", img, []))
-    return pictures, dropped
+    for request in requests:
+        without_sample: list[str] = []
+        try:
+            drawings = _drawings(request, without_sample)
+        except Exception as exc:  # a selection that no longer holds (a watch's layers changed)
+            notes.append(f"could not draw {_describe(request)}: {type(exc).__name__}: {exc}")
+            drawings = []
+        if without_sample:
+            shown = ", ".join(without_sample[:8]) + (f", ... ({len(without_sample)} in all)" if len(without_sample) > 8 else "")
+            notes.append(f"no picture of {shown}: captured with keep_samples=False")
+        for label, draw in drawings:
+            if len(pictures) >= limit:
+                dropped += 1
+                continue
+            try:
+                pictures.append(draw())
+            except Exception as exc:
+                notes.append(f"could not draw {label}: {type(exc).__name__}: {exc}")
+    return pictures, dropped, notes
 
 
-def _kernel_modules(module: Any, layers: Any) -> list[tuple[str, Any]]:
-    import torch
-
-    from ._selection import select
-
-    if isinstance(module, torch.Tensor):
-        return [("weight", module)]
-    convs = [
-        (n, m) for n, m in module.named_modules()
-        if isinstance(m, torch.nn.modules.conv._ConvNd)
-    ]
-    if layers is not None:
-        names = set(select(convs, layers, f"{type(module).__name__} convolutions"))
-        convs = [(n, m) for n, m in convs if n in names]
-    return convs
+def _describe(request: _Request) -> str:
+    if isinstance(request, _Flagged):
+        return str(request.lc.name)
+    if isinstance(request, _Kernels):
+        return "kernels"
+    return f"{type(request.x).__name__} (layers={request.layers!r})"
 
 
 # -- HTML ----------------------------------------------------------------------------------------
@@ -167,41 +262,71 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _table_html(rows: list[tuple[str, str]] | list[list[str]]) -> str:
+def _table_html(rows: list[tuple[str, str]]) -> str:
     if not rows:
         return ""
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     return f'<table class="featcheck-health">{body}</table>'
 
 
-def _layers_table(pictures: list[dict[str, Any]]) -> str:
+def _layers_table(pictures: list[_Picture]) -> str:
     """One compact table, a row per pictured layer: its shape, stride and health figures."""
-    rows = [p for p in pictures if p["table"]]
+    rows = [p for p in pictures if p.table]
     if not rows:
         return ""
-    keys = list(dict.fromkeys(k for p in rows for k, _ in p["table"]))
+    keys = list(dict.fromkeys(k for p in rows for k, _ in p.table))
     head = "".join(f"<th>{_e(k)}</th>" for k in ["layer", "picture", *keys])
     body = ""
     for p in rows:
-        values = dict(p["table"])
-        cells = [p["name"], p["kind"], *(values.get(k, "") for k in keys)]
+        values = dict(p.table)
+        cells = [p.name, p.kind, *(values.get(k, "") for k in keys)]
         body += "<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>"
     return f'<table class="featcheck-health"><tr>{head}</tr>{body}</table>'
 
 
-def extras_for(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """pytest-html extras: one image per layer plus one table of the layers' figures."""
+def _note_html(note: str) -> str:
+    return f'<div class="featcheck-note" style="color:#c62828">featcheck: {_e(note)}</div>'
+
+
+def asset_name(nodeid: str, when: str, rerun: int, index: int) -> str:
+    """featcheck's own name for a picture in pytest-html's assets folder: file-system safe, at
+    most 100 bytes, and different for different tests (pytest-html's own names replace every
+    non-word character by ``_``, so ``x<y`` and ``x>y`` share one, and cap characters, not
+    bytes)."""
+    return f"featcheck/{safe_filename(f'{nodeid}::{when}::{rerun}', 80)}-{index:02d}.png"
+
+
+def extras_for(record: _Record, assets: Path | None, names: Callable[[int], str]) -> list[dict[str, Any]]:
+    """pytest-html extras: one image per layer, one table of the layers' figures, the notes.
+
+    With ``assets`` (pytest-html's assets folder, linked reports) featcheck writes each picture
+    there under its own name (``names(index)``) and gives pytest-html the relative path, which it
+    links as it is; without (``--self-contained-html``) the picture is embedded as base64.
+    """
     from pytest_html import extras
 
     out = []
-    for pic in record["pictures"]:
+    notes = list(record.notes)
+    for k, pic in enumerate(record.pictures):
         # pytest-html shows an image's name with innerText: plain text, not escaped here
-        out.append(extras.png(base64.b64encode(pic["png"]).decode("ascii"), name=f"{pic['kind']}: {pic['name']}"))
-    table = _layers_table(record["pictures"])
+        label = f"{pic.kind}: {pic.name}"
+        if assets is None:
+            out.append(extras.png(base64.b64encode(pic.png).decode("ascii"), name=label))
+            continue
+        rel = names(k)
+        try:
+            write_atomic(assets / rel, pic.png)
+        except OSError as exc:
+            notes.append(f"could not write {label} to {assets / rel}: {exc}")
+            continue
+        # a path is not base64 ('.' is outside its alphabet): pytest-html links it as it is
+        out.append(extras.png(f"{assets.name}/{rel}", name=label))
+    table = _layers_table(record.pictures)
     if table:
         out.append(extras.html(table))
-    if record["dropped"]:
-        out.append(extras.html(f"<div>featcheck: {record['dropped']} more pictures not attached (--featcheck-max-pictures)</div>"))
+    if record.dropped:
+        out.append(extras.html(f"<div>featcheck: {record.dropped} more pictures not attached (--featcheck-max-pictures)</div>"))
+    out.extend(extras.html(_note_html(n)) for n in notes)
     return out
 
 
@@ -218,35 +343,147 @@ figcaption{font-size:.8em;white-space:pre-wrap;max-width:40em}
 table.featcheck-health{border-collapse:collapse;font-size:.8em;margin-top:.3em}
 table.featcheck-health th,table.featcheck-health td{border:1px solid #ddd;padding:.1em .5em;text-align:left}
 .flagged{color:#c62828}
+.note{color:#8d4004;background:#fff3e0;border-left:3px solid #ef6c00;padding:.2em .6em}
 """
 
 
-def gallery_html(records: list[dict[str, Any]]) -> str:
+def gallery_files(records: list[_Record]) -> list[list[str]]:
+    """Where each picture of each record (in this order) goes, relative to the gallery folder."""
+    return [
+        [f"img/{i:04d}-{safe_filename(rec.nodeid, 60)}/{k:02d}-{safe_filename(pic.name, 60)}.png" for k, pic in enumerate(rec.pictures)]
+        for i, rec in enumerate(records)
+    ]
+
+
+def gallery_html(records: list[_Record], files: list[list[str]]) -> str:
     parts = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<title>featcheck gallery</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>featcheck gallery: {len(records)} tests</h1>",
     ]
-    for rec in records:
-        parts.append(f'<section id="{_e(rec["anchor"])}">')
-        parts.append(f'<h2><span class="outcome {_e(rec["outcome"])}">{_e(rec["outcome"])}</span> {_e(rec["nodeid"])}</h2>')
-        if rec["layers"]:
-            shown = ", ".join(rec["layers"][:30]) + (f", ... ({len(rec['layers'])} in all)" if len(rec["layers"]) > 30 else "")
+    for i, (rec, rec_files) in enumerate(zip(records, files)):
+        parts.append(f'<section id="t{i:04d}">')
+        parts.append(f'<h2><span class="outcome {_e(rec.outcome)}">{_e(rec.outcome)}</span> {_e(rec.nodeid)}</h2>')
+        if rec.layers:
+            shown = ", ".join(rec.layers[:30]) + (f", ... ({len(rec.layers)} in all)" if len(rec.layers) > 30 else "")
             parts.append(f"<p>layers inspected: {_e(shown)}</p>")
-        for f in rec["flagged"]:
-            chans = f" channels {_channels(f['channels'])}" if f["channels"] else ""
-            parts.append(f'<p class="flagged">flagged ({_e(f["check"])}): {_e(f["layer"])}{_e(chans)}</p>')
-        for pic in rec["pictures"]:
+        for f in rec.flagged:
+            chans = f" channels {_channels(f.channels)}" if f.channels else ""
+            parts.append(f'<p class="flagged">flagged ({_e(f.check)}): {_e(f.layer)}{_e(chans)}</p>')
+        for note in rec.notes:
+            parts.append(f'<p class="note">{_e(note)}</p>')
+        for pic, file in zip(rec.pictures, rec_files):
             parts.append(
-                f'<figure><img src="{_e(pic["file"])}" alt="{_e(pic["caption"])}" loading="lazy">'
-                f'<figcaption>{_e(pic["kind"])}: {_e(pic["name"])}</figcaption>{_table_html(pic["table"])}</figure>'
+                f'<figure><img src="{_e(file)}" alt="{_e(pic.caption)}" loading="lazy">'
+                f"<figcaption>{_e(pic.kind)}: {_e(pic.name)}</figcaption>{_table_html(pic.table)}</figure>"
             )
-        if rec["dropped"]:
-            parts.append(f"<p>{rec['dropped']} more pictures not attached (--featcheck-max-pictures)</p>")
+        if rec.dropped:
+            parts.append(f"<p>{rec.dropped} more pictures not attached (--featcheck-max-pictures)</p>")
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def summary_json(records: list[_Record], files: list[list[str]]) -> dict[str, Any]:
+    return {
+        "version": SUMMARY_VERSION,
+        "tests": [
+            {
+                "nodeid": r.nodeid,
+                "outcome": r.outcome,
+                "layers": r.layers,
+                "flagged": [dataclasses.asdict(f) for f in r.flagged],
+                "pictures": [
+                    {"name": p.name, "kind": p.kind, "file": file, "caption": p.caption, "table": [list(row) for row in p.table]}
+                    for p, file in zip(r.pictures, rec_files)
+                ],
+                "dropped": r.dropped,
+                "notes": r.notes,
+            }
+            for r, rec_files in zip(records, files)
+        ],
+    }
+
+
+def summary_lines(records: list[_Record]) -> list[str]:
+    lines = []
+    for rec in records:
+        flag = "; ".join(
+            f"{f.layer} ({f.check}" + (f", channels {_channels(f.channels)})" if f.channels else ")")
+            for f in rec.flagged
+        )
+        lines.append(
+            f"{rec.nodeid} [{rec.outcome}]: {_n(len(rec.layers), 'layer')} inspected, "
+            f"{_n(len(rec.pictures), 'picture')}" + (f"; flagged: {flag}" if flag else "")
+        )
+        lines.extend(f"  note: {note}" for note in rec.notes)
+    return lines
+
+
+# -- the gallery folder ----------------------------------------------------------------------------
+
+
+def check_gallery_dir(directory: Path) -> list[Path]:
+    """The files featcheck wrote into ``directory`` before (listed in its manifest).
+
+    Raises:
+        pytest.UsageError: ``directory`` or a parent is a file, or it holds an ``index.html``
+            or ``summary.json`` that featcheck did not write, or a damaged manifest. Called at
+            the start of a run, so that no test runs for a gallery that cannot be written.
+    """
+    for p in (directory, *directory.parents):
+        if p.exists() and not p.is_dir():
+            raise pytest.UsageError(
+                f"--featcheck-dir {p} is a file, not a folder; point --featcheck-dir at a folder "
+                "(it is created if missing)"
+            )
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        for name in _OWN_FILES:
+            if (directory / name).exists():
+                raise pytest.UsageError(
+                    f"{directory / name} exists and was not written by featcheck; featcheck will "
+                    "not overwrite it. Point --featcheck-dir at another folder."
+                )
+        return []
+    try:
+        listed = json.loads(manifest.read_text())["files"]
+        if not all(isinstance(rel, str) for rel in listed):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise pytest.UsageError(f"{manifest} is not a featcheck manifest; remove it or use another --featcheck-dir") from None
+    root = directory.resolve()
+    out = []
+    for rel in listed:
+        p = (directory / rel).resolve()
+        if root in p.parents:
+            out.append(p)
+    return out
+
+
+def write_gallery(directory: Path, records: list[_Record]) -> Path:
+    """Write ``index.html``, ``summary.json`` and the pictures of ``records`` (sorted by test id)
+    into ``directory``; delete what featcheck wrote there before and no longer needs."""
+    old = check_gallery_dir(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    records = sorted(records, key=lambda r: r.nodeid)
+    files = gallery_files(records)
+    for rec, rec_files in zip(records, files):
+        for pic, rel in zip(rec.pictures, rec_files):
+            write_atomic(directory / rel, pic.png)
+    written = [rel for rec_files in files for rel in rec_files]
+    write_atomic(directory / "summary.json", json.dumps(summary_json(records, files), indent=1, sort_keys=True).encode())
+    write_atomic(directory / "index.html", gallery_html(records, files).encode())
+    keep = {(directory / p).resolve() for p in [*written, *_OWN_FILES]}
+    for p in old:
+        if p not in keep and p.is_file():
+            p.unlink()
+    write_atomic(directory / MANIFEST, json.dumps({"files": [*written, *_OWN_FILES]}).encode())
+    for d in sorted({p.parent for p in old}, key=lambda d: len(d.parts), reverse=True):
+        if d != directory.resolve() and d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    return directory / "index.html"
 
 
 # -- the session ---------------------------------------------------------------------------------------
@@ -256,6 +493,11 @@ def _outcome(report: pytest.TestReport) -> str:
     if hasattr(report, "wasxfail"):
         return "xfailed" if report.skipped else "xpassed"
     return report.outcome
+
+
+# the attribute that carries a worker's record to the controller with its test report (xdist
+# serialises every attribute of a report), so that a worker that dies loses nothing it reported
+HANDOVER = "_featcheck_record"
 
 
 class ReportSession:
@@ -270,132 +512,86 @@ class ReportSession:
         self.dir = Path(config.invocation_params.dir, directory)
         self.attach = attach
         self.max_pictures = max_pictures
-        self.records: list[dict[str, Any]] = []
-        self.html = config.pluginmanager.hasplugin("html") and bool(getattr(config.option, "htmlpath", None))
+        self.records: list[_Record] = []
         self.is_worker = hasattr(config, "workerinput")
+        htmlpath = getattr(config.option, "htmlpath", None) if config.pluginmanager.hasplugin("html") else None
+        self.html = bool(htmlpath)
+        # pytest-html's assets folder, resolved as pytest-html resolves it; None: embed pictures
+        self.assets: Path | None = None
+        if htmlpath and not getattr(config.option, "self_contained_html", False):
+            self.assets = (Path.cwd() / Path(os.path.expandvars(htmlpath)).expanduser()).parent / "assets"
         self.written: Path | None = None
+        self.problem: str | None = None
+        if not self.is_worker:
+            check_gallery_dir(self.dir)
 
     def wants_pictures(self, outcome: str) -> bool:
         return self.attach == "all" or (self.attach == "failed" and outcome in ("failed", "xfailed"))
 
     def on_report(self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
+        """Build the test's record at its call phase; never raises into pytest."""
         if report.when != "call":
             return
+        try:
+            record = self._record(item, call, report)
+        except Exception as exc:
+            record = _Record(report.nodeid, _outcome(report), [], [], [], 0,
+                             [f"featcheck could not report on this test: {type(exc).__name__}: {exc}"])
+        if record is None:
+            return
+        if self.html and (record.pictures or record.notes):
+            rerun = int(getattr(report, "rerun", 0) or 0)
+            names = functools.partial(asset_name, report.nodeid, report.when, rerun)
+            setattr(report, "extras", [*getattr(report, "extras", []), *extras_for(record, self.assets, names)])
+        if self.is_worker:
+            setattr(report, HANDOVER, record.to_json())
+        else:
+            self.records.append(record)
+
+    def _record(self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> _Record | None:
         from ._fixture import FIXTURE_KEY
 
         fixture = item.stash.get(FIXTURE_KEY, None)
-        requests = list(fixture.requests) if fixture is not None else []
+        requests: list[_Request] = list(fixture.requests) if fixture is not None else []
         captures = list(fixture.captures) if fixture is not None else []
         exc = call.excinfo.value if call.excinfo is not None else None
         flagged = exc.flagged if isinstance(exc, FeatcheckAssertionError) else []
         if not (requests or captures or flagged):
-            return
+            return None
         outcome = _outcome(report)
-        layers = list(dict.fromkeys(n for cap in captures for n in cap.names))
-        pictures: list[dict[str, Any]] = []
+        pictures: list[_Picture] = []
         dropped = 0
+        notes: list[str] = []
         if self.wants_pictures(outcome):
-            todo: list[tuple[str, Any, dict[str, Any]]] = [("flagged", f, {}) for f in flagged] + requests
-            pictures, dropped = render_requests(todo, self.max_pictures)
-        record = {
-            "nodeid": report.nodeid,
-            "outcome": outcome,
-            "layers": layers,
-            "flagged": [{"layer": lc.name, "channels": list(ch), "check": check} for lc, ch, check in flagged],
-            "pictures": pictures,
-            "dropped": dropped,
-        }
-        self.records.append(record)
-        if self.html and pictures:
-            setattr(report, "extras", [*getattr(report, "extras", []), *extras_for(record)])  # pytest-html reads it
+            todo: list[_Request] = [_Flagged(lc, list(ch), check) for lc, ch, check in flagged]
+            pictures, dropped, notes = render_requests(todo + requests, self.max_pictures)
+        return _Record(
+            nodeid=report.nodeid,
+            outcome=outcome,
+            layers=list(dict.fromkeys(n for cap in captures for n in cap.names)),
+            flagged=[_Flag(lc.name, list(ch), check) for lc, ch, check in flagged],
+            pictures=pictures,
+            dropped=dropped,
+            notes=notes,
+        )
 
-    # xdist ---------------------------------------------------------------------------------------
-    def to_workeroutput(self) -> str:
-        for rec in self.records:
-            for pic in rec["pictures"]:
-                pic["png"] = base64.b64encode(pic["png"]).decode("ascii")
-        return json.dumps(self.records)
+    def take_over(self, report: pytest.TestReport) -> None:
+        """On the xdist controller: keep the record a worker handed over with ``report``."""
+        data = report.__dict__.pop(HANDOVER, None)  # the record is kept here, not twice
+        if data is not None:
+            self.records.append(_Record.from_json(data))
 
-    def add_from_worker(self, payload: str) -> None:
-        for rec in json.loads(payload):
-            for pic in rec["pictures"]:
-                pic["png"] = base64.b64decode(pic["png"])
-            self.records.append(rec)
-
-    # output ----------------------------------------------------------------------------------------
-    def _previous_files(self) -> list[Path]:
-        manifest = self.dir / MANIFEST
-        if not manifest.is_file():
-            for name in _OWN_FILES:
-                if (self.dir / name).exists():
-                    raise pytest.UsageError(
-                        f"{self.dir / name} exists and was not written by featcheck; featcheck will "
-                        "not overwrite it. Point --featcheck-dir at another folder."
-                    )
-            return []
+    def write_gallery(self) -> None:
+        """Write the gallery; a folder that cannot be written is a line in the summary."""
         try:
-            listed = json.loads(manifest.read_text())["files"]
-        except (ValueError, KeyError, TypeError):
-            raise pytest.UsageError(f"{manifest} is not a featcheck manifest; remove it or use another --featcheck-dir") from None
-        root = self.dir.resolve()
-        out = []
-        for rel in listed:
-            p = (self.dir / rel).resolve()
-            if root in p.parents:
-                out.append(p)
-        return out
-
-    def write_gallery(self) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        old = self._previous_files()
-        self.records.sort(key=lambda r: r["nodeid"])
-        written: list[str] = []
-        for i, rec in enumerate(self.records):
-            folder = f"img/{i:04d}-{safe_filename(rec['nodeid'], 60)}"
-            rec["anchor"] = f"t{i:04d}"
-            for k, pic in enumerate(rec["pictures"]):
-                rel = f"{folder}/{k:02d}-{safe_filename(pic['name'], 60)}.png"
-                write_atomic(self.dir / rel, pic["png"])
-                pic["file"] = rel
-                written.append(rel)
-        summary = {
-            "version": SUMMARY_VERSION,
-            "tests": [
-                {
-                    "nodeid": r["nodeid"],
-                    "outcome": r["outcome"],
-                    "layers": r["layers"],
-                    "flagged": r["flagged"],
-                    "pictures": [{k: p[k] for k in ("name", "kind", "file", "caption", "table")} for p in r["pictures"]],
-                    "dropped": r["dropped"],
-                }
-                for r in self.records
-            ],
-        }
-        write_atomic(self.dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True).encode())
-        write_atomic(self.dir / "index.html", gallery_html(self.records).encode())
-        keep = {(self.dir / p).resolve() for p in [*written, *_OWN_FILES]}
-        for p in old:
-            if p not in keep and p.is_file():
-                p.unlink()
-        write_atomic(self.dir / MANIFEST, json.dumps({"files": [*written, *_OWN_FILES]}).encode())
-        for d in sorted({p.parent for p in old}, key=lambda d: len(d.parts), reverse=True):
-            if d != self.dir.resolve() and d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
-        self.written = self.dir / "index.html"
-        return self.written
+            self.written = write_gallery(self.dir, self.records)
+        except (OSError, pytest.UsageError) as exc:
+            self.problem = f"gallery not written: {exc}"
 
     def summary_lines(self) -> list[str]:
-        lines = []
-        for rec in self.records:
-            flag = "; ".join(
-                f"{f['layer']} ({f['check']}" + (f", channels {_channels(f['channels'])})" if f["channels"] else ")")
-                for f in rec["flagged"]
-            )
-            lines.append(
-                f"{rec['nodeid']} [{rec['outcome']}]: {_n(len(rec['layers']), 'layer')} inspected, "
-                f"{_n(len(rec['pictures']), 'picture')}" + (f"; flagged: {flag}" if flag else "")
-            )
+        lines = summary_lines(sorted(self.records, key=lambda r: r.nodeid))
         if self.written is not None:
             lines.append(f"gallery: {self.written}")
+        if self.problem is not None:
+            lines.append(self.problem)
         return lines

@@ -74,6 +74,8 @@ def pytest_configure(config: pytest.Config) -> None:
             config, str(option(config, "featcheck_dir")), str(option(config, "featcheck_attach")), max_pictures
         )
         config.stash[_SESSION] = session
+        if config.pluginmanager.hasplugin("html"):
+            config.pluginmanager.register(_HtmlHooks(), "featcheck-html")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(config), "featcheck-xdist")
 
@@ -98,9 +100,15 @@ def featcheck(request: pytest.FixtureRequest) -> Generator[FeatcheckFixture, Non
         update=bool(option(request.config, "featcheck_update")),
     )
     request.node.stash[FIXTURE_KEY] = fixture
-    yield fixture
-    written = request.config.stash.setdefault(_BASELINES, [])
-    written.extend(f"{what} {path}" for what, path in fixture.written_baselines)
+    try:
+        yield fixture
+        written = request.config.stash.setdefault(_BASELINES, [])
+        written.extend(f"{what} {path}" for what, path in fixture.written_baselines)
+    finally:
+        # the report was made at the call phase; from here on nothing may keep the test's
+        # captures (and through them its models) alive until the session ends
+        del request.node.stash[FIXTURE_KEY]
+        fixture._release()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -120,9 +128,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     report = config.stash.get(_SESSION, None)
     if report is None:
         return
-    if worker:
-        config.workeroutput["featcheck"] = report.to_workeroutput()  # type: ignore[attr-defined]
-    else:
+    if not worker:
         report.write_gallery()
 
 
@@ -141,16 +147,18 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(line)
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_html_results_table_row(report: Any, cells: list[str]) -> None:
-    """pytest-html puts the test id into its table unescaped: escape it (parametrize ids can hold
-    anything, ``<script>`` included)."""
-    import html
+class _HtmlHooks:
+    """Registered only with pytest-html and ``--featcheck``."""
 
-    for i, cell in enumerate(cells):
-        if cell.startswith('<td class="col-testId">'):
-            test_id = report.nodeid if report.when == "call" else f"{report.nodeid}::{report.when}"
-            cells[i] = f'<td class="col-testId">{html.escape(test_id)}</td>'
+    def pytest_html_results_table_row(self, report: Any, cells: list[str]) -> None:
+        """pytest-html puts the test id into its table unescaped: escape it (parametrize ids can
+        hold anything, ``<script>`` included)."""
+        import html
+
+        for i, cell in enumerate(cells):
+            if cell.startswith('<td class="col-testId">'):
+                test_id = report.nodeid if report.when == "call" else f"{report.nodeid}::{report.when}"
+                cells[i] = f'<td class="col-testId">{html.escape(test_id)}</td>'
 
 
 class _XdistHooks:
@@ -159,9 +167,14 @@ class _XdistHooks:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # workers hand their records over with each test's report, not at the end: a worker
+        # that crashes keeps every picture it reported
+        session = self.config.stash.get(_SESSION, None)
+        if session is not None and not hasattr(self.config, "workerinput"):
+            session.take_over(report)
+
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         output = getattr(node, "workeroutput", {})
         self.config.stash.setdefault(_BASELINES, []).extend(output.get("featcheck_baselines", []))
-        session = self.config.stash.get(_SESSION, None)
-        if session is not None and output.get("featcheck"):
-            session.add_from_worker(output["featcheck"])

@@ -126,24 +126,6 @@ def test_gallery_summary_and_terminal_section(suite: pytest.Pytester) -> None:
     assert 'class="outcome failed"' in index and "http" not in index  # nothing from the network
 
 
-def test_gallery_reruns_replace_only_featchecks_own_files(suite: pytest.Pytester) -> None:
-    suite.runpytest_subprocess("--featcheck")
-    gal = suite.path / "featcheck-report"
-    mine = gal / "notes.txt"
-    mine.write_text("the user's file")
-    before = set(gal.rglob("*.png"))
-    suite.runpytest_subprocess("--featcheck", "-k", "fail")
-    after = set(gal.rglob("*.png"))
-    assert len(after) == 1 and not (before & after) or len(after) == 1
-    assert mine.read_text() == "the user's file"
-    foreign = suite.path / "theirs"
-    foreign.mkdir()
-    (foreign / "index.html").write_text("<p>not featcheck's</p>")
-    result = suite.runpytest_subprocess("--featcheck", "--featcheck-dir=theirs")
-    result.stderr.fnmatch_lines(["*index.html exists and was not written by featcheck*"])
-    assert (foreign / "index.html").read_text() == "<p>not featcheck's</p>"
-
-
 def test_bad_option_values_are_usage_errors(suite: pytest.Pytester) -> None:
     result = suite.runpytest_subprocess("--featcheck", "--featcheck-attach=some")
     result.stderr.fnmatch_lines(["*--featcheck-attach must be one of all, failed, none, got 'some'*"])
