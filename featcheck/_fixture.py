@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import shlex
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from . import _capture, _report
+from . import _capture, _render, _report
 
 __all__ = ["FIXTURE_KEY", "FeatcheckFixture"]
 
@@ -85,8 +84,7 @@ class FeatcheckFixture:
                 raise ValueError(f"show got an empty tensor of shape {tuple(x.shape)}: there is nothing to draw")
             if isinstance(x, _capture.Capture) and len(x):
                 x.select(layers)  # a watch may still be empty: its layers are chosen at the report
-            _check_options(options, "channel_grid")
-            _check_values("channel_grid", x, options)
+            _render.check_options("channel_grid", x, options)
         else:
             raise TypeError(
                 f"show expects a Capture, a LayerCapture, a tensor or a PIL image, got {type(x).__name__}"
@@ -108,9 +106,8 @@ class FeatcheckFixture:
         nothing is rendered or written.
         """
         __tracebackhide__ = True
-        _check_options(options, "kernel_grid")
         modules = _kernel_modules(module, layers)
-        _check_values("kernel_grid", module, options)
+        _render.check_options("kernel_grid", module, options)
         if self.enabled:
             title = options.pop("title", None)
             self.requests.append(_report._Kernels(modules, title, options))
@@ -202,37 +199,6 @@ def _kernel_modules(module: Any, layers: Any) -> list[tuple[str, Any]]:
         names = set(select(convs, layers, f"{type(module).__name__} convolutions"))
         convs = [(n, m) for n, m in convs if n in names]
     return convs
-
-
-def _check_values(renderer: str, x: Any, options: dict[str, Any]) -> None:
-    """Check option values at the call, so that a bad one fails the test at its own line.
-
-    The single call site of option-value checks: switch it to
-    ``featcheck._render.check_options(renderer, x, options)`` once the renderer offers it;
-    until then the colormap, which the renderers look up only when drawing, is checked here.
-    """
-    __tracebackhide__ = True
-    from . import _render
-
-    cmap = options.get("cmap")
-    if cmap is not None:
-        if not isinstance(cmap, str):
-            raise TypeError(f"cmap must be a matplotlib colormap name (a str), got {type(cmap).__name__}")
-        _render._lut(cmap)
-
-
-def _check_options(options: dict[str, Any], renderer: str) -> None:
-    """Reject misspelt options at the call, not silently at report time."""
-    __tracebackhide__ = True
-    from . import _render
-
-    params = [p for p in inspect.signature(getattr(_render, renderer)).parameters if not p.startswith("_")]
-    unknown = sorted(set(options) - set(params) - {"title"})
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for {renderer}; "
-            f"known: {', '.join(p for p in params if p not in ('x', 'conv_or_weight'))}"
-        )
 
 
 FIXTURE_KEY = pytest.StashKey[FeatcheckFixture]()

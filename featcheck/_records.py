@@ -88,7 +88,8 @@ class LayerCapture:
 
     @property
     def params(self) -> int | None:
-        """Number of parameters of the module (``None`` once the model is gone)."""
+        """Number of parameters of the module, counted when the capture ended (``None`` if the model
+        was gone by then)."""
         if self._params is None:
             module = self._module()
             if module is not None:
