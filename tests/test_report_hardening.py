@@ -128,20 +128,20 @@ def test_what_goes_wrong_while_rendering_becomes_a_note_not_an_internal_error(te
             "  note: no picture of conv1: captured with keep_samples=False",
             "test_unlucky.py::test_later_tests_still_run [[]passed[]]: 0 layers inspected, 1 picture",
             "test_unlucky.py::test_tensor_emptied_after_show [[]passed[]]: 0 layers inspected, 1 picture",
-            "  note: could not draw emptied: RuntimeError: cannot reshape tensor of 0 elements*",
+            "  note: could not draw emptied: ValueError: channel_grid got an empty tensor*",
         ]
     )
     tests = report_tests(tester.path / "r.html")
     emptied = "test_unlucky.py::test_tensor_emptied_after_show"
     assert [e["name"] for e in extras(tests, emptied, "image")] == ["grid: fine"]
     notes = [e["content"] for e in extras(tests, emptied, "html") if "featcheck-note" in e["content"]]
-    assert len(notes) == 1 and "could not draw emptied: RuntimeError" in notes[0]
+    assert len(notes) == 1 and "could not draw emptied: ValueError: channel_grid got an empty tensor" in notes[0]
     no_samples = [e["content"] for e in extras(tests, "test_unlucky.py::test_check_on_a_capture_without_samples", "html")]
     assert any("no picture of conv2: captured with keep_samples=False" in n for n in no_samples)
     summary = json.loads((tester.path / "featcheck-report" / "summary.json").read_text())
     by_id = {t["nodeid"]: t for t in summary["tests"]}
     assert by_id[emptied]["notes"] == [
-        "could not draw emptied: RuntimeError: " + by_id[emptied]["notes"][0].split("RuntimeError: ", 1)[1]
+        "could not draw emptied: ValueError: " + by_id[emptied]["notes"][0].split("ValueError: ", 1)[1]
     ]
     assert [p["name"] for p in by_id[emptied]["pictures"]] == ["fine"]
     index = (tester.path / "featcheck-report" / "index.html").read_text()
@@ -198,7 +198,13 @@ def test_growth():
 
 
 @pytest.mark.parametrize("args", [[], ["--featcheck"]], ids=["plain", "featcheck"])
-def test_memory_stays_flat_across_model_tests(tester: pytest.Pytester, args: list[str]) -> None:
+def test_memory_stays_flat_across_model_tests(
+    tester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    # glibc serves freed 16 MiB blocks again from its heap, whose top it may not trim: RSS would
+    # then keep memory nothing holds. A fixed mmap threshold returns every large block to the
+    # system when freed, so RSS follows what is alive.
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
     tester.makepyfile(test_many=MANY_MODELS)
     result = tester.runpytest_subprocess("-s", *args)
     result.assert_outcomes(passed=21)
