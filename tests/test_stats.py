@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -138,11 +140,18 @@ def test_the_one_pass_kernel_matches_numpy_per_channel() -> None:
 
 
 @KERNEL
-def test_big_maps_split_across_threads_give_the_same_statistics(monkeypatch: pytest.MonkeyPatch) -> None:
-    x = awkward((2, 8, 64, 64), 1)
-    one = stats_of(x, 1)
-    monkeypatch.setattr(_stats, "_KERNEL_SPLIT", 1)
-    assert_matches(stats_of(x, 1), one, rtol=1e-9)
+def test_big_maps_split_across_threads_match_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The split needs torch to allow more than one thread; set it, so the test cannot pass by
+    # taking the unsplit path on a one-thread machine or under xdist.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(_stats, "_KERNEL_SPLIT", 1)
+        x = awkward((2, 9, 64, 64), 1)  # an odd channel count: the halves differ in size
+        assert_matches(stats_of(x, 1), reference(x, 1))
+        assert any(t.name.startswith("featcheck") for t in threading.enumerate())
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_without_the_kernel_the_torch_reductions_give_the_same_statistics(monkeypatch: pytest.MonkeyPatch) -> None:
