@@ -29,9 +29,10 @@ The fast path recomputes exactly, channel by channel, what its arithmetic cannot
 - a sum or sum of squares that is not finite: non-finite values, or float32 partial sums that
   overflowed (beyond |values| of about 2^58). Overflow cannot hide: a float32 sum that overflows
   becomes +-inf or NaN and stays so in the float64 totals;
-- a largest |value| below ``_TINY`` (2^-40) but not zero: squares below float32's normal range
-  (2^-126) lose digits silently. Above it each such square is off by at most 2^-150, so N of them
-  move the sum of squares (at least max^2 >= 2^-80) by a relative N * 2^-70 at most;
+- a mean square below ``_TINY_MEANSQ`` (2^-80), unless the channel is constant: squares below
+  float32's normal range (2^-126) lose digits silently (values of 1e-25 square to 0). Above it,
+  underflow moves each of the N squares by at most 2^-150, so the sum of squares (at least
+  N * 2^-80) by a relative 2^-70 at most;
 - a variance too small next to the mean square for sum-of-squares arithmetic to be trusted.
 """
 
@@ -55,8 +56,8 @@ _N, _MEAN, _SD, _MIN, _MAX, _ZEROS, _NONFINITE, _LO, _HI = range(len(ROWS))
 
 # Below this ratio of variance to mean square the float32 sum of squares loses too many digits.
 _ILL_CONDITIONED = 1e-2
-# Channels whose largest |value| is below this go to the exact path (see the module docstring).
-_TINY = 2.0**-40
+# Channels whose mean square is below this go to the exact path (see the module docstring).
+_TINY_MEANSQ = 2.0**-80
 
 
 def _check_reducible(x: torch.Tensor) -> None:
@@ -280,26 +281,25 @@ def reduce_fast(
         mx = _rows(v, "max").max(0)
         sq = _rows(v, "sumsq").sum(0)
     count = float(v.shape[0] * v.shape[2])
+    # A non-finite sum implies a non-finite sum of squares (a non-finite value, or |values| big
+    # enough to overflow float32 sums, whose squares overflow too): checking sq covers both.
     with np.errstate(invalid="ignore", over="ignore"):
         mean = s / count
         meansq = sq / count
         var = meansq - mean * mean
         constant = mn == mx
-        big = np.maximum(np.abs(mn), np.abs(mx))
-        redo = (
-            ~(np.isfinite(s) & np.isfinite(sq))
-            | ((big < _TINY) & (big > 0))
-            | ((var < _ILL_CONDITIONED * meansq) & ~constant)
+        redo = ~np.isfinite(sq) | (
+            ~constant & ((var < _ILL_CONDITIONED * meansq) | (meansq < _TINY_MEANSQ))
         )
-    if redo.all():
+    n_redo = np.count_nonzero(redo)
+    if n_redo * 2 > redo.size:  # gathering most channels would cost more than it saves
         return _exact(v, bounds, tol).numpy()
-    out = np.empty((len(ROWS), v.shape[1]))
+    out = np.zeros((len(ROWS), v.shape[1]))
     out[_N] = count
     out[_MEAN] = mean
     out[_SD] = np.where(constant, 0.0, np.sqrt(np.maximum(var, 0.0)))
     out[_MIN] = mn
     out[_MAX] = mx
-    out[_NONFINITE] = 0.0
     if nonzero is not None:
         out[_ZEROS] = count - nonzero
     else:  # count only the channels whose range cannot rule zeros in or out
@@ -311,11 +311,9 @@ def reduce_fast(
     if bounds is not None:
         lo, hi = _bound_counts(v, bounds, tol)
         out[_LO], out[_HI] = lo.numpy(), hi.numpy()
-    else:
-        out[_LO] = out[_HI] = 0.0
-    if redo.any():
+    if n_redo:
         idx = np.flatnonzero(redo)
-        out[:, idx] = _exact(v[:, torch.from_numpy(idx)], bounds, tol).numpy()
+        out[:, idx] = _exact(v.index_select(1, torch.from_numpy(idx)), bounds, tol).numpy()
     return out
 
 

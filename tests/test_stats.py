@@ -328,3 +328,17 @@ def test_an_empty_call_leaves_the_accumulated_statistics_unchanged() -> None:
 def test_tensors_without_real_values_per_channel_raise_a_clear_type_error(make, what) -> None:
     with pytest.raises(TypeError, match=f"featcheck cannot compute per-channel statistics of .*{what}.*layers="):
         _stats.reduce(make(), 1)
+
+
+@pytest.mark.parametrize("path", ["fast", "torch"])
+def test_tiny_values_whose_squares_vanish_in_float32_keep_their_std(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # +-k * 2^-90 sums to exactly 0 and squares to 0 in float32: mean 0, mean square 0 looks like
+    # a well-conditioned channel of zeros unless the tiny mean square sends it to the exact path.
+    if path == "torch":
+        monkeypatch.setattr(_stats, "_fast", None)
+    k = torch.arange(1, 33, dtype=torch.float32) * 2.0**-90
+    x = torch.randn(2, 4, 64)
+    x[:, 1] = torch.cat([k, -k])
+    acc = _stats.Accumulator(4)
+    acc.add(np.asarray(_stats.reduce(x, 1)))
+    assert_close_at_scale(acc.stats(), reference_exact(x, 1), 1e-6)
