@@ -25,10 +25,11 @@ values are counted and left out of the other statistics. On CUDA it always runs:
 kernels are cheap there, and deciding to fall back would need a device-to-host synchronisation
 per layer. float64 and wide integer maps take it on the CPU too.
 
-The fast path recomputes exactly, channel by channel, what its arithmetic cannot get right:
-- a sum or sum of squares that is not finite: non-finite values, or float32 partial sums that
-  overflowed (beyond |values| of about 2^58). Overflow cannot hide: a float32 sum that overflows
-  becomes +-inf or NaN and stays so in the float64 totals;
+The fast path recomputes exactly the channels its arithmetic cannot get right (the whole map
+when they are most of it):
+- a sum or sum of squares that is not finite: non-finite values, or float32 sums that overflowed
+  (the kernel's cannot below |values| of 2^58, see ``_fast.c``). Overflow cannot hide: a float32
+  sum that overflows becomes +-inf or NaN and stays so in the float64 totals;
 - a mean square below ``_TINY_MEANSQ`` (2^-80), unless the channel is constant: squares below
   float32's normal range (2^-126) lose digits silently (values of 1e-25 square to 0). Above it,
   underflow moves each of the N squares by at most 2^-150, so the sum of squares (at least
@@ -381,8 +382,9 @@ class Accumulator:
         a[_ZEROS:] += b[_ZEROS:]
 
     def stats(self) -> dict[str, np.ndarray]:
-        a = self.block if self.block is not None else _empty_block(self.channels, torch.device("cpu"))
-        assert isinstance(a, np.ndarray)
+        a = self.block
+        if a is None:
+            a = np.asarray(_empty_block(self.channels, torch.device("cpu")))
         n, total = a[_N], a[_N] + a[_NONFINITE]
         seen = n > 0
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -171,7 +171,9 @@ def test_without_the_kernel_the_torch_reductions_give_the_same_statistics(monkey
 # Extremes: every real dtype, magnitudes from subnormal to near each dtype's largest value.
 
 
-def reference_exact(x: torch.Tensor, cdim: int, bounds: tuple[float, float] | None = None, tol: float = 0.0) -> dict[str, np.ndarray]:
+def reference_exact(
+    x: torch.Tensor, cdim: int, bounds: tuple[float, float] | None = None, tol: float = 0.0
+) -> dict[str, np.ndarray]:
     """The statistics in numpy's extended precision: exact for every int64, no overflow in the
     squares of float64 data of 1e300, no underflow in those of 1e-300."""
     data = (x.float() if x.dtype == torch.bfloat16 else x).numpy().astype(np.longdouble)
@@ -194,7 +196,9 @@ def reference_exact(x: torch.Tensor, cdim: int, bounds: tuple[float, float] | No
     return {k: v.astype(np.float64) for k, v in want.items()}
 
 
-def assert_close_at_scale(got: dict[str, np.ndarray], want: dict[str, np.ndarray], rtol: float) -> None:
+def assert_close_at_scale(
+    got: dict[str, np.ndarray], want: dict[str, np.ndarray], rtol: float
+) -> None:
     """Counts and fractions exactly, min and max to float64 rounding, mean and std to ``rtol``
     of each channel's largest |value| (a mean near 0 cannot be relatively exact)."""
     for k in ("zero_fraction", "nonfinite", "count", "lower_fraction", "upper_fraction"):
@@ -320,18 +324,21 @@ def test_an_empty_call_leaves_the_accumulated_statistics_unchanged() -> None:
         (lambda: torch.randn(2, 3, 4, dtype=torch.complex64), "complex"),
         (lambda: torch.randn(2, 3, 4).to_sparse(), "sparse_coo"),
         (lambda: torch.randn(2, 3, 4).to_sparse_csr(), "sparse_csr"),
-        (lambda: torch._make_per_tensor_quantized_tensor(torch.zeros(2, 3, 4, dtype=torch.int8), 0.1, 0), "quantized"),
+        (lambda: torch._make_per_tensor_quantized_tensor(torch.zeros(2, 3, dtype=torch.int8), 0.1, 0), "quantized"),
         (lambda: torch.nested.nested_tensor([torch.randn(3, 4), torch.randn(3, 5)]), "nested"),
         (lambda: torch.empty(2, 3, 4, device="meta"), "meta"),
     ],
 )
 def test_tensors_without_real_values_per_channel_raise_a_clear_type_error(make, what) -> None:
-    with pytest.raises(TypeError, match=f"featcheck cannot compute per-channel statistics of .*{what}.*layers="):
+    expected = f"featcheck cannot compute per-channel statistics of .*{what}.*layers="
+    with pytest.raises(TypeError, match=expected):
         _stats.reduce(make(), 1)
 
 
 @pytest.mark.parametrize("path", ["fast", "torch"])
-def test_tiny_values_whose_squares_vanish_in_float32_keep_their_std(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tiny_values_whose_squares_vanish_in_float32_keep_their_std(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # +-k * 2^-90 sums to exactly 0 and squares to 0 in float32: mean 0, mean square 0 looks like
     # a well-conditioned channel of zeros unless the tiny mean square sends it to the exact path.
     if path == "torch":
