@@ -329,6 +329,7 @@ def test_an_empty_call_leaves_the_accumulated_statistics_unchanged() -> None:
         (lambda: torch.empty(2, 3, 4, device="meta"), "meta"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:.*(beta|prototype|deprecated).*:UserWarning")  # torch's own
 def test_tensors_without_real_values_per_channel_raise_a_clear_type_error(make, what) -> None:
     expected = f"featcheck cannot compute per-channel statistics of .*{what}.*layers="
     with pytest.raises(TypeError, match=expected):

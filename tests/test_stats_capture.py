@@ -78,6 +78,7 @@ def test_a_batch_of_zero_is_recorded_with_count_zero() -> None:
         assert np.isnan(rec.stats["mean"]).all()
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors:UserWarning")
 @pytest.mark.parametrize("batch", [2, 0])
 def test_zero_channels_and_zero_spatial_size_are_recorded_with_count_zero(batch: int) -> None:
     cap = featcheck.capture(EmptyOutputs().eval(), torch.randn(batch, 3, 8, 8), keep_samples=False)
