@@ -5,18 +5,37 @@ A hook sees the module's real output tensor, which a later in-place op (``ReLU(i
 device, to a ``[ROWS, C]`` float64 block (see ``ROWS``); only that block outlives the hook.
 
 Cost matters: this runs for every hooked layer of every forward. On the CPU the fast path
-reduces a contiguous ``[A, C, B]`` view. With the optional C kernel (``_fast.c``: AVX2, one pass
-per row for min, max, sum, sum of squares and the non-zero count) float32 maps are read once;
-measured 0.8 ms on a 25 MiB map against 3.5 ms for the torch reductions below. Without it (no
-compiler at install, half precision, short rows) four vectorised torch reductions run (``amin``,
-``amax``, ``sum`` and ``vector_norm`` for the sum of squares; ``var_mean`` and ``x * x`` are
-several times slower), and the zero count is derived where the range allows (a channel whose min
-is above zero or whose max is below has none; a constant channel is all zeros or none) and
-counted, as the sum of ``sign(x) ** 2``, only where it is not. The fast path falls back to the exact, slower robust path
-for a tensor with non-finite values (so the other statistics stay meaningful) or with a channel
-whose variance is too small next to its mean for sum-of-squares arithmetic to be trusted.
-On CUDA the robust path always runs: its extra kernels are cheap there, and deciding to fall back
-would need a device-to-host synchronisation per layer.
+reduces a contiguous ``[A, C, B]`` float32 view. With the optional C kernel (``_fast.c``: AVX2,
+one pass per row for min, max, sum, sum of squares and the non-zero count) float32 maps are read
+once; measured 0.8 ms on a 25 MiB map against 3.5 ms for the torch reductions below. Without it
+(no compiler at install, short rows) four vectorised torch reductions run (``amin``, ``amax``,
+``sum`` and ``vector_norm`` for the sum of squares; ``var_mean`` and ``x * x`` are several times
+slower), and the zero count is derived where the range allows (a channel whose min is above zero
+or whose max is below has none; a constant channel is all zeros or none) and counted, as the sum
+of ``sign(x) ** 2``, only where it is not. Half precision, small integers and bool are widened to
+float32 (exact) for it.
+
+The exact path (:func:`reduce_robust`) gives correct statistics for finite values of any
+magnitude a real dtype holds: it works in float32 where float32 holds every value of the dtype
+(float32 and narrower floats, integers of up to 16 bits, bool) and in float64 otherwise (float64,
+int32, int64: 2^40 + k keeps its k), scales each channel by a power of two that brings its
+largest finite |value| near 1 (exact: only exponents change), and sums in float64. So neither
+sums nor squares overflow (float64 data of 1e300) or underflow (values of 1e-25), and non-finite
+values are counted and left out of the other statistics. On CUDA it always runs: its extra
+kernels are cheap there, and deciding to fall back would need a device-to-host synchronisation
+per layer. float64 and wide integer maps take it on the CPU too.
+
+The fast path recomputes exactly the channels its arithmetic cannot get right (the whole map
+when they are most of it):
+- a sum or sum of squares that is not finite: non-finite values, or float32 sums that overflowed
+  (the kernel's cannot below |values| of 2^58, see ``_fast.c``). Overflow cannot hide: a float32
+  sum that overflows becomes +-inf or NaN and stays so in the float64 totals;
+- a mean square below ``_TINY_MEANSQ`` (2^-100), unless the channel is constant: squares below
+  float32's normal range (2^-126) lose digits silently (values of 1e-25 square to 0). Above it,
+  underflow moves each of the N squares by at most 2^-150, so the sum of squares (at least
+  N * 2^-100) by a relative 2^-50 at most. (Not higher: random-weight efficientnet_b0 has whole
+  layers of values around 1e-13, mean square 1e-26, which the fast path gets right.)
+- a variance too small next to the mean square for sum-of-squares arithmetic to be trusted.
 """
 
 from __future__ import annotations
@@ -31,30 +50,74 @@ try:  # the optional C kernel (featcheck/_fast.c), built at install time when a 
 except ImportError:  # pragma: no cover - exercised on machines without a compiler
     _fast = None
 
-# Rows of the per-call block: finite count, mean, M2 (sum of squared deviations), min, max,
-# zero count, non-finite count, values at the lower bound, values at the upper bound.
-ROWS = ("n", "mean", "m2", "min", "max", "zeros", "nonfinite", "at_lower", "at_upper")
-_N, _MEAN, _M2, _MIN, _MAX, _ZEROS, _NONFINITE, _LO, _HI = range(len(ROWS))
+# Rows of the per-call block: finite count, mean, standard deviation (population, of the finite
+# values; kept rather than the sum of squared deviations, which overflows float64 for data of
+# 1e300), min, max, zero count, non-finite count, values at the lower bound, at the upper bound.
+ROWS = ("n", "mean", "sd", "min", "max", "zeros", "nonfinite", "at_lower", "at_upper")
+_N, _MEAN, _SD, _MIN, _MAX, _ZEROS, _NONFINITE, _LO, _HI = range(len(ROWS))
 
 # Below this ratio of variance to mean square the float32 sum of squares loses too many digits.
 _ILL_CONDITIONED = 1e-2
+# Channels whose mean square is below this go to the exact path (see the module docstring).
+_TINY_MEANSQ = 2.0**-100
+
+
+def _check_reducible(x: torch.Tensor) -> None:
+    """Raise a TypeError naming what makes ``x`` impossible to reduce per channel."""
+    if x.is_nested:
+        problem = "a nested tensor"
+    elif x.is_quantized:
+        problem = f"a quantized tensor ({x.dtype})"
+    elif x.layout != torch.strided:
+        problem = f"a tensor with layout {x.layout}"
+    elif x.is_complex():
+        problem = f"a complex tensor ({x.dtype})"
+    elif x.device.type == "meta":
+        problem = "a tensor on the meta device, which holds no values"
+    else:
+        return
+    raise TypeError(
+        f"featcheck cannot compute per-channel statistics of {problem}: expected a dense "
+        "(strided) tensor of real or integer values. Record a real view of it instead (for "
+        "example .real, .abs(), .to_dense() or .dequantize() in a module of your own), or leave "
+        "the layer out with layers=."
+    )
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 where it holds every value of ``dtype`` exactly, float64 otherwise."""
+    if dtype.is_floating_point:
+        return torch.float64 if dtype.itemsize > 4 else torch.float32
+    return torch.float32 if dtype.itemsize <= 2 else torch.float64
 
 
 def _view3(x: torch.Tensor, cdim: int | None) -> torch.Tensor:
-    """``x`` as ``[A, C, B]`` with channels in the middle, without a copy when the layout allows."""
+    """``x`` as ``[A, C, B]`` with channels in the middle, without a copy when the layout allows.
+
+    The sizes are spelled out rather than inferred, so that empty tensors keep their shape.
+    """
     if cdim is None:
-        return x.reshape(-1, 1, 1)
-    c = x.shape[cdim]
+        return x.reshape(x.numel(), 1, 1)
+    a, c, b = math.prod(x.shape[:cdim]), x.shape[cdim], math.prod(x.shape[cdim + 1 :])
     if x.is_contiguous():
-        return x.view(-1, c, math.prod(x.shape[cdim + 1 :]))
+        return x.view(a, c, b)
     moved = x.movedim(cdim, -1)  # channels_last memory format and permuted views land here
     if moved.is_contiguous():
-        return moved.view(-1, c, 1)
-    return x.contiguous().view(-1, c, math.prod(x.shape[cdim + 1 :]))
+        return moved.view(a * b, c, 1)
+    return x.contiguous().view(a, c, b)
+
+
+def _empty_block(channels: int, device: torch.device) -> np.ndarray | torch.Tensor:
+    """The block of a map with no values (batch 0, zero spatial size): every count 0."""
+    out = torch.zeros(len(ROWS), channels, dtype=torch.float64, device=device)
+    out[_MIN] = math.inf
+    out[_MAX] = -math.inf
+    return out.numpy() if device.type == "cpu" else out
 
 
 def _rows(v: torch.Tensor, op: str) -> np.ndarray:
-    """Reduce ``[A, C, B]`` over B with one vectorised torch kernel; returns ``[A, C]`` float64.
+    """Reduce float32 ``[A, C, B]`` over B with one vectorised torch kernel; returns ``[A, C]``
+    float64.
 
     The second stage (over A) runs in numpy: on arrays this small a numpy call costs a
     fraction of a torch call, and there are several per layer.
@@ -62,18 +125,18 @@ def _rows(v: torch.Tensor, op: str) -> np.ndarray:
     if v.shape[2] == 1:
         r = v[:, :, 0]
         if op == "sumsq":
-            r = r.float().square()
+            r = r.square()
     elif op == "min":
         r = v.amin(2)
     elif op == "max":
         r = v.amax(2)
     elif op == "sum":
-        r = v.sum(2, dtype=torch.float32)
+        r = v.sum(2)
     elif op == "sumsq":
-        r = torch.linalg.vector_norm(v, 2, 2, dtype=torch.float32)
+        r = torch.linalg.vector_norm(v, 2, 2)
     else:
         raise AssertionError(op)
-    a = r.float().numpy().astype(np.float64)
+    a = r.numpy().astype(np.float64)
     return a * a if op == "sumsq" and v.shape[2] > 1 else a
 
 
@@ -89,7 +152,10 @@ class Scratch:
 
     def like(self, v: torch.Tensor) -> torch.Tensor:
         if self._buf.numel() < v.numel() or self._buf.dtype != v.dtype:
-            self._buf = torch.empty(v.numel(), dtype=v.dtype)
+            # Allocated outside inference mode even when the forward runs in it: an inference
+            # tensor could not be written by a later forward under no_grad or with autograd.
+            with torch.inference_mode(False):
+                self._buf = torch.empty(v.numel(), dtype=v.dtype)
         return self._buf[: v.numel()].view(v.shape)
 
 
@@ -97,9 +163,9 @@ def _count_nonzero(v: torch.Tensor, scratch: Scratch | None) -> np.ndarray:
     """Per channel, how many values are not zero: the sum of ``sign(x) ** 2``, exact."""
     s = torch.sign(v) if scratch is None else torch.sign(v, out=scratch.like(v))
     if v.shape[2] > 1:
-        r = torch.linalg.vector_norm(s, 2, 2, dtype=torch.float32).numpy().astype(np.float64)
+        r = torch.linalg.vector_norm(s, 2, 2).numpy().astype(np.float64)
         return np.round(r * r).sum(0)
-    return np.abs(s[:, :, 0].float().numpy()).sum(0, dtype=np.float64)
+    return np.abs(s[:, :, 0].numpy()).sum(0, dtype=np.float64)
 
 
 def _bound_counts(
@@ -108,34 +174,50 @@ def _bound_counts(
     """Per channel, how many values lie within ``tol * (high - low)`` of each bound."""
     lo, hi = bounds
     eps = tol * (hi - lo)
-    return (
-        (v <= lo + eps).sum((0, 2), dtype=torch.float64),
-        (v >= hi - eps).sum((0, 2), dtype=torch.float64),
-    )
+    return (v <= lo + eps).sum((0, 2)).double(), (v >= hi - eps).sum((0, 2)).double()
+
+
+def _exact(v: torch.Tensor, bounds: tuple[float, float] | None, tol: float) -> torch.Tensor:
+    """The block of a non-empty ``[A, C, B]`` map of any real dtype, on its device (see the
+    module docstring for why each step is there)."""
+    w = _work_dtype(v.dtype)
+    v = v.to(w)
+    a, c, b = v.shape
+    dims = (0, 2)
+    fin = torch.isfinite(v)
+    n = fin.sum(dims).double()
+    mn = v.where(fin, math.inf).amin(dims).double()
+    mx = v.where(fin, -math.inf).amax(dims).double()
+    # 2^-e brings the largest finite |value| into [0.5, 1); clamped so that 2^e and 2^-e are
+    # normal numbers of the working dtype (frexp gives e = 0 for a channel with no finite value).
+    limit = 126 if w == torch.float32 else 1022
+    e = torch.frexp(torch.maximum(mn.abs(), mx.abs())).exponent.clamp(-limit, limit).double()
+    y = (v * torch.exp2(-e).to(w).view(1, -1, 1)).where(fin, 0.0)
+    n1 = n.clamp_min(1)
+    mean = y.sum(dims, dtype=torch.float64) / n1
+    # Deviations from the mean rounded to the working dtype; the sum of the deviations corrects
+    # the sum of their squares for that rounding.
+    y -= mean.to(w).view(1, -1, 1)
+    y.mul_(fin)
+    shift = y.sum(dims, dtype=torch.float64)
+    sq = y.square_().sum(dims, dtype=torch.float64)
+    scale = torch.exp2(e)
+    sd = ((sq - shift * shift / n1) / n1).clamp_min(0.0).sqrt() * scale
+    mean = torch.clamp(mean * scale, mn, mx).where(n > 0, 0.0)
+    zeros = (v == 0).sum(dims).double()
+    if bounds is None:
+        lo = hi = torch.zeros_like(n)
+    else:
+        lo, hi = _bound_counts(v, bounds, tol)  # NaN compares false: not counted
+    return torch.stack([n, mean, sd, mn, mx, zeros, a * b - n, lo, hi])
 
 
 def reduce_robust(
     x: torch.Tensor, cdim: int | None, bounds: tuple[float, float] | None = None, tol: float = 0.0
 ) -> torch.Tensor:
-    """Exact statistics with non-finite values counted and left out of the others."""
-    v = _view3(x, cdim).float()
-    fin = torch.isfinite(v)
-    n = fin.sum((0, 2), dtype=torch.float64)
-    out = torch.zeros(len(ROWS), v.shape[1], dtype=torch.float64, device=v.device)
-    out[_N] = n
-    out[_NONFINITE] = (v.shape[0] * v.shape[2]) - n
-    inf = torch.tensor(float("inf"), device=v.device)
-    out[_MIN] = torch.where(fin, v, inf).amin((0, 2)).double()
-    out[_MAX] = torch.where(fin, v, -inf).amax((0, 2)).double()
-    finite = torch.where(fin, v, 0.0)
-    mean = finite.sum((0, 2), dtype=torch.float64) / n.clamp_min(1)
-    out[_MEAN] = mean
-    dev = torch.where(fin, v - mean.view(1, -1, 1).float(), 0.0)
-    out[_M2] = dev.square().sum((0, 2), dtype=torch.float64)
-    out[_ZEROS] = (v == 0).sum((0, 2), dtype=torch.float64)
-    if bounds is not None:
-        out[_LO], out[_HI] = _bound_counts(v, bounds, tol)  # NaN compares false: not counted
-    return out
+    """Exact statistics of a non-empty map, non-finite values counted and left out of the others;
+    a float64 tensor on ``x``'s device."""
+    return _exact(_view3(x, cdim), bounds, tol)
 
 
 # Rows shorter than this go to torch (channels-last layouts have rows of one value).
@@ -149,9 +231,9 @@ _pool: ThreadPoolExecutor | None = None
 
 def _kernel(v: torch.Tensor) -> np.ndarray | None:
     """``[5, C]`` per-channel min, max, sum, sum of squares and non-zero count from one pass of
-    the C kernel, or ``None`` where it does not apply (no kernel, not float32, short rows)."""
+    the C kernel, or ``None`` where it does not apply (no kernel, short rows, not contiguous)."""
     global _pool
-    if _fast is None or v.dtype != torch.float32 or v.shape[2] < _KERNEL_MIN_ROW or not v.is_contiguous():
+    if _fast is None or v.shape[2] < _KERNEL_MIN_ROW or not v.is_contiguous():
         return None
     a, c, b = v.shape
     data = v.numpy()
@@ -174,32 +256,41 @@ def reduce_fast(
     bounds: tuple[float, float] | None = None,
     tol: float = 0.0,
     scratch: Scratch | None = None,
-) -> np.ndarray | torch.Tensor:
-    """The CPU fast path; falls back to :func:`reduce_robust` where it cannot be exact."""
+) -> np.ndarray:
+    """The CPU fast path for a non-empty map; channels it cannot get right go to the exact path."""
     v = _view3(x, cdim)
+    if _work_dtype(v.dtype) != torch.float32:
+        return _exact(v, bounds, tol).numpy()
+    v = v.float()
     fused = _kernel(v)
     if fused is not None:
         mn, mx, s, sq, nonzero = fused
     else:
         nonzero = None
-        s = _rows(v, "sum").sum(0)  # first, so that non-finite maps skip the other passes
-    if not np.isfinite(s).all():
-        return reduce_robust(x, cdim, bounds, tol)
-    if fused is None:
+        s = _rows(v, "sum").sum(0)  # first, so that maps non-finite everywhere skip the rest
+        if not np.isfinite(s).any():
+            return _exact(v, bounds, tol).numpy()
         mn = _rows(v, "min").min(0)
         mx = _rows(v, "max").max(0)
         sq = _rows(v, "sumsq").sum(0)
     count = float(v.shape[0] * v.shape[2])
-    mean = s / count
-    meansq = sq / count
-    var = meansq - mean * mean
-    constant = mn == mx
-    if ((var < _ILL_CONDITIONED * meansq) & ~constant).any():
-        return reduce_robust(x, cdim, bounds, tol)
+    # A non-finite sum implies a non-finite sum of squares (a non-finite value, or |values| big
+    # enough to overflow float32 sums, whose squares overflow too): checking sq covers both.
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = s / count
+        meansq = sq / count
+        var = meansq - mean * mean
+        constant = mn == mx
+        redo = ~np.isfinite(sq) | (
+            ~constant & ((var < _ILL_CONDITIONED * meansq) | (meansq < _TINY_MEANSQ))
+        )
+    n_redo = np.count_nonzero(redo)
+    if n_redo * 2 > redo.size:  # gathering most channels would cost more than it saves
+        return _exact(v, bounds, tol).numpy()
     out = np.zeros((len(ROWS), v.shape[1]))
     out[_N] = count
     out[_MEAN] = mean
-    out[_M2] = np.where(constant, 0.0, np.maximum(var, 0.0) * count)
+    out[_SD] = np.where(constant, 0.0, np.sqrt(np.maximum(var, 0.0)))
     out[_MIN] = mn
     out[_MAX] = mx
     if nonzero is not None:
@@ -213,6 +304,9 @@ def reduce_fast(
     if bounds is not None:
         lo, hi = _bound_counts(v, bounds, tol)
         out[_LO], out[_HI] = lo.numpy(), hi.numpy()
+    if n_redo:
+        idx = np.flatnonzero(redo)
+        out[:, idx] = _exact(v.index_select(1, torch.from_numpy(idx)), bounds, tol).numpy()
     return out
 
 
@@ -223,14 +317,34 @@ def reduce(
     tol: float = 0.0,
     scratch: Scratch | None = None,
 ) -> np.ndarray | torch.Tensor:
-    """A ``[len(ROWS), C]`` float64 block: numpy on the CPU, a device tensor elsewhere."""
+    """A ``[len(ROWS), C]`` float64 block: numpy on the CPU, a device tensor elsewhere.
+
+    Args:
+        x: a module's output, any real or integer dtype and any shape; an empty one (batch 0,
+            zero channels or zero spatial size) gives a block whose counts are all 0.
+        cdim: the channel dimension (negative counts from the end), or ``None`` for one channel
+            over the whole tensor.
+        bounds: ``(low, high)`` output bounds whose neighbourhoods are counted, or ``None``.
+        tol: the neighbourhood of a bound, as a fraction of ``high - low``.
+        scratch: a buffer reused across calls on the CPU.
+
+    Raises:
+        TypeError: for tensors without per-channel real values (complex, sparse and other
+            non-strided layouts, quantized, nested, meta).
+    """
+    _check_reducible(x)
+    if cdim is not None:
+        cdim %= max(x.ndim, 1)
+    channels = 1 if cdim is None else x.shape[cdim]
+    if x.numel() == 0:
+        return _empty_block(channels, x.device)
     if x.device.type == "cpu":
         return reduce_fast(x, cdim, bounds, tol, scratch)
     return reduce_robust(x, cdim, bounds, tol)
 
 
 class Accumulator:
-    """Merges per-call blocks on the host (Chan et al.'s parallel variance update, float64)."""
+    """Merges per-call blocks on the host (Chan et al.'s parallel update, float64)."""
 
     def __init__(self, channels: int) -> None:
         self.channels = channels
@@ -243,17 +357,26 @@ class Accumulator:
             return
         a, b = self.block, block
         n = a[_N] + b[_N]
-        delta = b[_MEAN] - a[_MEAN]
-        w = np.divide(b[_N], n, out=np.zeros_like(n), where=n > 0)
-        a[_M2] += b[_M2] + delta * delta * a[_N] * w
-        a[_MEAN] += delta * w
+        wa = np.divide(a[_N], n, out=np.zeros_like(n), where=n > 0)
+        wb = np.divide(b[_N], n, out=np.zeros_like(n), where=n > 0)
+        ma, mb, sa, sb = a[_MEAN], b[_MEAN], a[_SD], b[_SD]
+        # The variance in units of a power of two at least as large as both means and spreads,
+        # so that no square overflows float64 (data of 1e300).
+        _, e = np.frexp(np.maximum(np.maximum(np.abs(ma), np.abs(mb)), np.maximum(sa, sb)))
+        k = np.ldexp(1.0, np.clip(e, -1022, 1022))
+        d = ma / k - mb / k
+        var = wa * (sa / k) ** 2 + wb * (sb / k) ** 2 + wa * wb * d * d
+        a[_SD] = np.sqrt(var) * k
+        a[_MEAN] = np.clip(wa * ma + wb * mb, np.minimum(ma, mb), np.maximum(ma, mb))
         a[_N] = n
         np.minimum(a[_MIN], b[_MIN], out=a[_MIN])
         np.maximum(a[_MAX], b[_MAX], out=a[_MAX])
         a[_ZEROS:] += b[_ZEROS:]
 
     def stats(self) -> dict[str, np.ndarray]:
-        a = self.block if self.block is not None else np.zeros((len(ROWS), self.channels))
+        a = self.block
+        if a is None:
+            a = np.asarray(_empty_block(self.channels, torch.device("cpu")))
         n, total = a[_N], a[_N] + a[_NONFINITE]
         seen = n > 0
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -261,7 +384,7 @@ class Accumulator:
                 "min": np.where(seen, a[_MIN], np.nan),
                 "max": np.where(seen, a[_MAX], np.nan),
                 "mean": np.where(seen, a[_MEAN], np.nan),
-                "std": np.where(seen, np.sqrt(np.maximum(a[_M2], 0.0) / n), np.nan),
+                "std": np.where(seen, a[_SD], np.nan),
                 "zero_fraction": np.where(total > 0, a[_ZEROS] / total, np.nan),
                 "nonfinite": a[_NONFINITE].astype(np.int64),
                 "count": total.astype(np.int64),
