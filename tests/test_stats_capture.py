@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 import featcheck
 from fixtures.models import TinyCNN
@@ -112,3 +113,31 @@ def test_watch_survives_inference_mode_then_no_grad_then_autograd() -> None:
         h.remove()
     for name, seen in outs.items():
         assert_stats(cap[name].stats, exact(torch.cat(seen)), 1e-5)
+
+
+class WideIntegers(nn.Module):
+    """A submodule returning int64 values around 2**40: a cast to float32 made them one constant."""
+
+    class Ids(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (2**40 + (x.abs() * 50).long()).view(x.shape[0], 4, 5, 2)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids = self.Ids()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ids(x)
+
+
+def test_int64_outputs_keep_their_low_digits_through_capture() -> None:
+    x = torch.randn(3, 4, 10)
+    cap = featcheck.capture(WideIntegers(), x)
+    with torch.no_grad():
+        values = WideIntegers()(x).numpy().astype(np.int64)
+    st = cap["ids"].stats
+    assert cap["ids"].note == "" and cap["ids"].channels == 4
+    low = values - 2**40  # exact small integers
+    assert (st["min"] - 2**40).tolist() == low.min((0, 2, 3)).tolist()
+    assert (st["max"] - 2**40).tolist() == low.max((0, 2, 3)).tolist()
+    np.testing.assert_allclose(st["std"], low.std((0, 2, 3)), rtol=1e-9)
