@@ -126,7 +126,8 @@ def _check_deferred(recorder: Recorder, deferred: list[tuple[str, str]], model_n
     names += sorted({rec.module_name for rec in recorder.records.values()} - set(names))
     for what, key in deferred:
         if not _key_matches(key, names):
-            err = _selection.not_found(key, names, f"the modules and operations of {model_name}")
+            hints = [*names, *recorder.unselected_ops, *recorder.module_names]
+            err = _selection.not_found(key, list(dict.fromkeys(hints)), f"the modules and operations of {model_name}")
             raise type(err)(f"{what}: {err}" if what != "layers" else str(err))
 
 

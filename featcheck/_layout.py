@@ -202,10 +202,12 @@ def op_channel_dim(
     cdim: int | None = None
     for t in _tensors(args):
         known, c = tags.get(t)
-        if known and c is not None and (inp is None or (t.ndim == ndim and inp.ndim != ndim)):
+        if known and (inp is None or (t.ndim == ndim and inp.ndim != ndim)):
             inp, cdim = t, c
             if t.ndim == ndim:
                 break
+    if inp is not None and cdim is None and inp.ndim == ndim:
+        return None  # computed from a map without channels (a mean over them)
     if inp is None or cdim is None:
         return ndim - 1 if ndim == 3 else 1
     moved = _moved(name, args, kwargs, inp, cdim, out)

@@ -87,8 +87,10 @@ def _sample(t: torch.Tensor, cdim: int | None) -> tuple[torch.Tensor, tuple[int,
         return t.detach().reshape(1).to("cpu", torch.float32, copy=True), ()
     s = t[0]
     if cdim is None:
-        return s.detach().reshape(1).to("cpu", torch.float32, copy=True), ()
-    if cdim != 1:
+        if s.ndim == 0:
+            return s.detach().reshape(1).to("cpu", torch.float32, copy=True), ()
+        s = s.unsqueeze(0)  # an operation's output without channels (a mean over them): one
+    elif cdim != 1:
         s = s.movedim(cdim - 1, 0)
     spatial = s.shape[1:]
     steps = [1] * len(spatial)
@@ -142,6 +144,9 @@ def default_batchnorm(model: nn.Module) -> list[str]:
     return out
 
 
+# featcheck's own torch calls are seen by no torch function mode, the user's or its own.
+_quiet = torch._C.DisableTorchFunction
+
 # torch's fused modules: an active mode switches off their fast paths and changes their output.
 _FUSED: tuple[type, ...] = (
     nn.MultiheadAttention,
@@ -191,7 +196,7 @@ class Recorder:
         saturation_tol: float | None = None,
         keep_samples: bool = True,
         ops: bool = False,
-        want_op: Callable[[str, str], bool] | None = None,
+        want_op: Callable[[str, str, str], bool] | None = None,
     ) -> None:
         self.records: dict[str, LayerCapture] = {}
         self.selected: dict[str, nn.Module] = {}
@@ -209,7 +214,8 @@ class Recorder:
         self._pending: list[_Pending] = []
         self._new: list[str] = []
         self._tags = _layout.Tags()
-        self._scratch = _stats.Scratch()
+        with _quiet():
+            self._scratch = _stats.Scratch()
         self._input_size: tuple[int, ...] | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._depth = 0
@@ -220,7 +226,8 @@ class Recorder:
         self._frames: list[tuple[str, bool]] = []
         self._mode: _ops.OpMode | None = _ops.OpMode(self._on_op) if ops else None
         self._mode_on = False
-        self._module_names: frozenset[str] = frozenset()
+        self.module_names: dict[str, None] = {}  # every module of the model (ops on)
+        self.unselected_ops: dict[str, None] = {}  # operations seen but not selected (for hints)
 
     # hooks ---------------------------------------------------------------------------
     def attach(self, root: nn.Module, selected: Mapping[str, nn.Module]) -> None:
@@ -232,7 +239,7 @@ class Recorder:
                 root.register_forward_pre_hook(self._start, with_kwargs=True, prepend=True)
             )
             if self.ops:
-                self._module_names = frozenset(n for n, _ in root.named_modules())
+                self.module_names = dict.fromkeys(n for n, _ in root.named_modules())
             for name, module in root.named_modules():
                 leaf = next(module.children(), None) is None
                 if self.ops:
@@ -302,12 +309,13 @@ class Recorder:
         self._depth += 1
         if self._depth > 1:
             return  # the root calling itself: one forward pass
-        if self.forwards == 0:
-            self.default_batchnorm = default_batchnorm(module)
+        with _quiet():
+            if self.forwards == 0:
+                self.default_batchnorm = default_batchnorm(module)
+            self._input_size = _spatial_size(args, kwargs)
         self._exc_at_start = sys.exc_info()[1]
         self._calls.clear()
         self._tags.clear()
-        self._input_size = _spatial_size(args, kwargs)
         if self._mode is not None:
             self._frames.clear()
             _ops.push(self._mode)
@@ -326,7 +334,8 @@ class Recorder:
         if exc is not None and exc is not self._exc_at_start:
             self._abort()
             return
-        self._commit()
+        with _quiet():
+            self._commit()
         self.output = output
         self.forwards += 1
         self._calls.clear()
@@ -346,10 +355,10 @@ class Recorder:
     def _make_hook(self, name: str, record: bool) -> Callable[..., None]:
         # With ops on, featcheck's own torch calls must be seen by no mode (neither its own nor
         # the user's): torch functions are disabled while a hook works.
-        quiet = torch._C.DisableTorchFunction if self.ops else contextlib.nullcontext
+        quiet = _quiet if self.ops else contextlib.nullcontext
 
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-            with torch.no_grad(), quiet():
+            with quiet(), torch.no_grad():
                 if not record:
                     if isinstance(out, torch.Tensor):
                         self._tags.set(out, _layout.channel_dim(module, args, out, self._tags))
@@ -378,7 +387,7 @@ class Recorder:
             return  # outside a forward of the model, or inside a leaf or fused module
         prefix = frames[-1][0]
         try:
-            with torch._C.DisableTorchFunction():
+            with _quiet():
                 self._op(func, args, kwargs, out, prefix)
         except Exception:  # never break the user's forward: a failed op is not recorded
             pass
@@ -403,14 +412,16 @@ class Recorder:
         if out.ndim == 0 or not out.is_floating_point():
             return
         base = prefix + name
-        if base in self._module_names:
+        if base in self.module_names:
             base += "()"
-        if self._want_op is not None and not self._want_op(base, name):
-            tags.set(out, cdim)
-            return
         k = self._calls.get(base, 0) + 1
         self._calls[base] = k
-        self._record(base if k == 1 else f"{base}:{k}", name, base, k, "", out, auto_cdim=cdim)
+        rname = base if k == 1 else f"{base}:{k}"
+        if self._want_op is not None and not self._want_op(rname, base, name):
+            self.unselected_ops[base] = None
+            tags.set(out, cdim)
+            return
+        self._record(rname, name, base, k, "", out, auto_cdim=cdim)
 
     def _record(
         self,
@@ -507,9 +518,10 @@ class Recorder:
     def finalize(self) -> None:
         """The inspection is over: read what needs the model (parameter counts) while it lives,
         so that records answer without keeping it alive."""
-        self.commit_outside_forward()
-        for rec in self.records.values():
-            rec.params  # noqa: B018 - computed and cached now
+        with _quiet():
+            self.commit_outside_forward()
+            for rec in self.records.values():
+                rec.params  # noqa: B018 - computed and cached now
 
     def commit_outside_forward(self) -> None:
         """Records are read: commit what hooks outside a forward of the model left pending."""

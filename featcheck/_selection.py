@@ -137,8 +137,9 @@ def select(
     return [n for n in names if n in chosen]
 
 
-def op_filter(layers: Any) -> Callable[[str, str], bool] | None:
-    """Which operations ``layers`` asks capture to record, as ``want(record base name, op name)``;
+def op_filter(layers: Any) -> Callable[[str, str, str], bool] | None:
+    """Which operations ``layers`` asks capture to record, as ``want(record name, record name
+    without the call counter, op name)``;
     ``None`` records every operation. Names and patterns select operations by name, torch
     functions by operation; classes and predicates select modules only."""
     if layers is None:
@@ -153,16 +154,10 @@ def op_filter(layers: Any) -> Callable[[str, str], bool] | None:
         elif not isinstance(sel, (type, tuple)) and _ops.is_op_selector(sel):
             ops.add(_ops.op_name(sel))
 
-    def want(base: str, op: str) -> bool:
+    def want(name: str, base: str, op: str) -> bool:
         return op in ops or any(
-            fnmatch.fnmatchcase(base, s) if is_pattern(s) else base == s or _strip_call(s) == base
+            (fnmatch.fnmatchcase(name, s) or fnmatch.fnmatchcase(base, s)) if is_pattern(s) else s in (name, base)
             for s in strings
         )
 
     return want
-
-
-def _strip_call(name: str) -> str:
-    """``relu:2`` -> ``relu``: a selector naming one call of an operation."""
-    stem, _, k = name.rpartition(":")
-    return stem if stem and k.isdigit() else name
