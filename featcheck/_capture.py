@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import _selection
+from . import _ops, _selection
 from ._records import Capture, LayerCapture
 from ._recorder import Recorder
 from ._state import ModelState, preserved_rng
@@ -102,15 +102,20 @@ def _key_matches(key: str, names: list[str]) -> bool:
     return False
 
 
+def _could_name_op(key: str, modules: Mapping[str, Any]) -> bool:
+    return any(_ops.could_name_op(stem, modules) for stem in {key, _RECORD_SUFFIX.sub("", key)})
+
+
 def _check_keys(keys: Any, what: str, model: nn.Module, deferred: list[tuple[str, str]] | None) -> None:
-    """Keys must name modules; with ops on, a key that names none is checked again after the
-    forward against the records (``deferred``)."""
-    names = [n for n, _ in model.named_modules()]
+    """Keys must name modules; with ops on, a key that names none but could name an operation
+    is checked again after the forward against the records (``deferred``)."""
+    modules = dict(model.named_modules())
+    names = list(modules)
     for key in keys:
         if not isinstance(key, str):
             raise TypeError(f"{what} keys must be layer names or patterns (str), got {type(key).__name__}: {key!r}")
         if not _key_matches(key, names):
-            if deferred is not None:
+            if deferred is not None and _could_name_op(key, modules):
                 deferred.append((what, key))
                 continue
             err = _selection.not_found(key, names, f"{type(model).__name__}.named_modules()")
@@ -339,8 +344,7 @@ def capture(
         eager, layers, saturation_tol, bounds, channel_dim, keep_samples, deferred, ops=ops, train=train, grad=grad
     )
     kwargs = _merge_kwargs(kwargs, forward_kwargs)
-    recorder = _recorder(eager, layers, override, bounds_, saturation_tol, keep_samples, ops, deferred)
-    selected = recorder.selected
+    recorder, selected = _recorder(eager, layers, override, bounds_, saturation_tol, keep_samples, ops, deferred)
     if note and isinstance(model, nn.DataParallel):
         device = next((p.device for p in eager.parameters()), None)
         if device is not None:
@@ -381,18 +385,23 @@ def _recorder(
     keep_samples: bool,
     ops: bool,
     deferred: list[tuple[str, str]] | None,
-) -> Recorder:
-    """The recorder for one inspection, with its selected modules (``.selected``)."""
+) -> tuple[Recorder, dict[str, nn.Module]]:
+    """The recorder for one inspection, and its selected modules. A name in ``layers`` that
+    matches no module but could name an operation is checked after the forward (``deferred``)."""
     unmatched: list[str] | None = [] if ops else None
     selected = select_modules(eager, layers, unmatched)
     if deferred is not None and unmatched:
+        modules = dict(eager.named_modules())
+        for name in unmatched:
+            if not _could_name_op(name, modules):  # the error select_modules raises without ops
+                names = [n for n in modules if n or len(modules) == 1]
+                raise _selection.not_found(name, names, f"{type(eager).__name__}.named_modules()")
         deferred[:0] = [("layers", name) for name in unmatched]
     recorder = Recorder(
         channel_dim=override, bounds=bounds, saturation_tol=saturation_tol, keep_samples=keep_samples,
         ops=ops, want_op=_selection.op_filter(layers),
     )
-    recorder.selected = selected
-    return recorder
+    return recorder, selected
 
 
 def _merge_kwargs(kwargs: dict[str, Any], forward_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -440,7 +449,7 @@ def watch(
     eager, note = unwrap(model)
     deferred: list[tuple[str, str]] | None = [] if ops is True else None
     bounds_, override = _check_args(eager, layers, saturation_tol, bounds, channel_dim, keep_samples, deferred, ops=ops)
-    recorder = _recorder(eager, layers, override, bounds_, saturation_tol, keep_samples, ops, deferred)
+    recorder, selected = _recorder(eager, layers, override, bounds_, saturation_tol, keep_samples, ops, deferred)
     if note:
         warnings.warn(
             f"featcheck.watch: {note}; call that eager module inside the with-block, "
@@ -451,7 +460,7 @@ def watch(
         guard = _Interrupts()
         try:
             guard.critical = True
-            recorder.attach(eager, recorder.selected)
+            recorder.attach(eager, selected)
             guard.release()
             yield Capture(recorder, type(eager).__name__, note)
         finally:

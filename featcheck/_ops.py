@@ -20,13 +20,14 @@ never recorded, the function selectors (``layers=F.relu``), and the mode stack h
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["Operation", "op_name", "is_op_selector", "NOT_RECORDED", "DROPOUTS", "op_bounds"]
+__all__ = ["DROPOUTS", "NOT_RECORDED", "Operation", "could_name_op", "is_op_selector", "op_bounds", "op_name"]
 
 
 class Operation:
@@ -131,19 +132,41 @@ def op_bounds(name: str) -> tuple[float, float] | None:
 
 
 _overridable: frozenset[Any] | None = None
+_known: frozenset[str] | None = None
+
+
+def _functions() -> frozenset[Any]:
+    global _overridable
+    if _overridable is None:
+        funcs = torch.overrides.get_overridable_functions()
+        _overridable = frozenset(f for fs in funcs.values() for f in fs)
+    return _overridable
+
+
+def could_name_op(stem: str, module_names: Mapping[str, Any]) -> bool:
+    """Could ``stem`` (a record name without ``:k`` and ``[key]``) name an operation of a model
+    with these modules: ``<op>`` or ``<module>.<op>``, with ``<op>`` the name of some torch
+    operation (or a pattern that could match one)? A name that cannot is a typo, reported before
+    any forward."""
+    global _known
+    if _known is None:
+        _known = frozenset(op_name(f) for f in _functions())
+    if stem.endswith("()"):
+        stem = stem[:-2]
+    head, dot, tail = stem.rpartition(".")
+    pattern = any(c in "*?[" for c in tail)
+    if dot and not any(c in "*?[" for c in head) and head not in module_names:
+        return False
+    return any(fnmatch.fnmatchcase(n, tail) for n in _known) if pattern else tail in _known
 
 
 def is_op_selector(obj: Any) -> bool:
     """Is ``obj`` a torch function (``F.relu``, ``torch.cat``, ``torch.Tensor.add``) that selects
     operations, rather than a predicate ``(name, module) -> bool``?"""
-    global _overridable
     if not callable(obj) or isinstance(obj, type):
         return False
-    if _overridable is None:
-        funcs = torch.overrides.get_overridable_functions()
-        _overridable = frozenset(f for fs in funcs.values() for f in fs)
     try:
-        return obj in _overridable
+        return obj in _functions()
     except TypeError:
         return False
 

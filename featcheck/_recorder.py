@@ -199,7 +199,6 @@ class Recorder:
         want_op: Callable[[str, str, str], bool] | None = None,
     ) -> None:
         self.records: dict[str, LayerCapture] = {}
-        self.selected: dict[str, nn.Module] = {}
         self.output: Any = None
         self.forwards = 0
         self.default_batchnorm: list[str] = []

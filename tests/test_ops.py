@@ -303,8 +303,16 @@ def test_function_selectors_are_never_called_and_names_are_checked_after_the_for
         f"layer{i}.{j}.add" for i in range(1, 5) for j in range(2)
     ]
     assert featcheck.capture(model, x, layers="layer1.1.add", bounds={"layer1.1.add": (0, 9)})["layer1.1.add"].bounds == (0, 9)
-    with pytest.raises(featcheck.LayerNotFoundError, match="'layer1.0.addd'.*Closest names: 'layer1.0.add'"):
-        featcheck.capture(model, x, layers="layer1.0.addd")
+    with pytest.raises(featcheck.LayerNotFoundError, match="'layer1.0.mul' matches nothing in the modules and operations"):
+        featcheck.capture(model, x, layers="layer1.0.mul")  # could be an op: checked after the forward
+    ran = []
+    handle = model.register_forward_pre_hook(lambda m, a: ran.append(1))
+    with pytest.raises(featcheck.LayerNotFoundError, match="'layer1.0.addd'"):
+        featcheck.capture(model, x, layers="layer1.0.addd")  # no op is called addd: a typo, before any forward
+    with pytest.raises(featcheck.LayerNotFoundError, match="'layer9.add'"):
+        featcheck.capture(model, x, layers="layer9.add")  # no module layer9
+    handle.remove()
+    assert not ran
     with pytest.raises(featcheck.LayerNotFoundError, match="bounds"):
         featcheck.capture(model, x, bounds={"layer1.0.nope": (0, 1)})
     with pytest.raises(featcheck.LayerNotFoundError):  # module-only: checked before the forward
