@@ -109,6 +109,8 @@ def _could_name_op(key: str, modules: Mapping[str, Any]) -> bool:
 def _check_keys(keys: Any, what: str, model: nn.Module, deferred: list[tuple[str, str]] | None) -> None:
     """Keys must name modules; with ops on, a key that names none but could name an operation
     is checked again after the forward against the records (``deferred``)."""
+    if not keys:
+        return
     modules = dict(model.named_modules())
     names = list(modules)
     for key in keys:

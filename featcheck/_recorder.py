@@ -237,9 +237,10 @@ class Recorder:
             self._handles.append(
                 root.register_forward_pre_hook(self._start, with_kwargs=True, prepend=True)
             )
+            modules = list(root.named_modules())
             if self.ops:
-                self.module_names = dict.fromkeys(n for n, _ in root.named_modules())
-            for name, module in root.named_modules():
+                self.module_names = dict.fromkeys(n for n, _ in modules)
+            for name, module in modules:
                 leaf = next(module.children(), None) is None
                 if self.ops:
                     self._attach_frame(name, module, leaf)
