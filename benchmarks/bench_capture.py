@@ -57,7 +57,10 @@ def runner(variant: str, model: torch.nn.Module, x: torch.Tensor) -> Callable[[]
     if variant == "ops":
         return lambda: featcheck.capture(model, x)
     if variant == "torchlens":
-        return lambda: torchlens.log_forward_pass(model, x, layers_to_save="all", vis_opt="none")
+        def trace() -> object:  # every operation's output saved (its default), no visualisation
+            with torch.no_grad():
+                return torchlens.trace(model, x)
+        return trace
 
     def clone_all() -> object:
         kept = []

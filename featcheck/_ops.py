@@ -171,6 +171,8 @@ def is_op_selector(obj: Any) -> bool:
         return False
 
 
+_compiling = torch.compiler.is_compiling
+
 # -- the mode ----------------------------------------------------------------------------------
 
 
@@ -185,7 +187,9 @@ class OpMode(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        if isinstance(out, torch.Tensor):
+        # Inside a torch.compile'd region dynamo traces modes: there the mode only passes calls
+        # through, so compiled code is not seen (and featcheck's bookkeeping never enters a graph).
+        if isinstance(out, torch.Tensor) and not _compiling():
             self._on_op(func, args, kwargs, out)
         return out
 

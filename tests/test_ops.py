@@ -344,3 +344,39 @@ def test_op_name_normalisation() -> None:
     assert name_and_inplace(torch.Tensor.__truediv__) == ("div", False)
     assert name_and_inplace(torch.concat) == ("cat", False)
     assert name_and_inplace(F.relu) == ("relu", False)
+
+
+class Custom(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[no-untyped-def,override]
+        return torch.sigmoid(x * 2)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[no-untyped-def,override]
+        return g
+
+
+@torch.compile(backend="eager")
+def _compiled_helper(x: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(x) * 3
+
+
+class Mixed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(_compiled_helper(Custom.apply(self.conv(x))))
+
+
+def test_custom_functions_and_compiled_helpers_keep_results_and_leave_nothing() -> None:
+    model = Mixed().eval()
+    x = torch.randn(1, 3, 4, 4)
+    with torch.no_grad():
+        ref = model(x)
+    cap = featcheck.capture(model, x)
+    assert torch.equal(cap.output, ref)
+    assert cap.names[0] == "conv" and cap.names[-1] == "relu"
+    assert {"mul", "sigmoid"} <= set(cap.names)  # a custom Function's forward reads as inline code
+    assert torch._C._len_torch_function_stack() == 0 and _no_hooks(model)
