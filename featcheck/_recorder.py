@@ -389,8 +389,8 @@ class Recorder:
         try:
             with _quiet():
                 self._op(func, args, kwargs, out, prefix)
-        except Exception:  # never break the user's forward: a failed op is not recorded
-            pass
+        except Exception as e:  # never break the user's forward: say so, record nothing
+            _warn(f"featcheck: an operation called by {prefix[:-1] or 'the model'!r} was not recorded: {type(e).__name__}: {e}")
 
     def _op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, out: torch.Tensor, prefix: str) -> None:
         name, inplace = _ops.name_and_inplace(func)
@@ -399,11 +399,9 @@ class Recorder:
             if name in _ops.SHAPE_OPS and out.ndim >= 1:
                 tags.set(out, _layout.op_channel_dim(name, args, kwargs, out, tags))
             return
-        a0 = args[0] if args else None
-        if out is a0:
+        if args and out is args[0]:  # an in-place op: its result is recorded
             if name in _ops.DROPOUTS:
                 return  # eval-mode dropout hands its input back
-            inplace = True
         elif not inplace and out._is_view():
             if out.ndim >= 1:  # a view of an input, such as x.diagonal(): no new values
                 tags.set(out, _layout.op_channel_dim(name, args, kwargs, out, tags))
@@ -533,7 +531,11 @@ def _note(rec: LayerCapture, text: str) -> None:
     if text in rec.note:
         return
     rec.note = f"{rec.note}; {text}" if rec.note else text
+    _warn(f"featcheck: layer {rec.name!r}: {text}")
+
+
+def _warn(text: str) -> None:
     try:
-        warnings.warn(f"featcheck: layer {rec.name!r}: {text}", RuntimeWarning, stacklevel=2)
+        warnings.warn(text, RuntimeWarning, stacklevel=3)
     except Exception:  # warnings turned into errors (-W error) must not break the forward either
         pass
