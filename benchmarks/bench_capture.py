@@ -1,51 +1,80 @@
-"""Capture overhead on resnet50 (batch 8, 224x224, CPU, every leaf module hooked).
+"""Capture overhead: a bare forward against module-only and module + op capture, in one run.
 
-Times, in one process, a bare forward, ``featcheck.capture`` with full per-channel statistics,
-and a naive hook that keeps a clone of every output; the three are interleaved and the best of
-``--repeat`` rounds is kept. Peak memory is measured in a fresh process per variant (VmHWM, reset after set-up),
-both as the whole process and as the growth over the process after model and input exist.
+Large case (default): resnet50, batch 8, 224x224, CPU, every leaf module hooked. Times, in one
+process, a bare forward, ``featcheck.capture(ops=False)`` (module records only),
+``featcheck.capture`` (module and op records, the default), a naive hook that keeps a clone of
+every output, and TorchLens's full trace when it is importable (an optional extra for this
+benchmark only: ``pip install torchlens``). The variants are interleaved; each round times every
+variant once. Reported per variant: the best time, its ratio to the best bare forward, and the
+median over rounds of the per-round ratio to that round's bare forward. Peak memory is measured
+in a fresh process per variant (VmHWM, reset after set-up).
 
-    python benchmarks/bench_capture.py [--repeat 7] [--threads N]
+Small case (``--small``): torchvision mobilenet_v3_small, batch 2, 64x64, one thread, where the
+fixed cost per record shows, in microseconds: for module records ``(module-only capture - bare)
+/ module records``, for op records ``(module + op capture - module-only capture) / op records``,
+each the median of the per-round differences.
+
+    python benchmarks/bench_capture.py [--repeat 7] [--threads N] [--small]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import gc
+import json
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 import torchvision
 
 import featcheck
 
-VARIANTS = ("bare", "featcheck", "clone_all")
+try:  # optional: only for comparison
+    import torchlens
+except ImportError:
+    torchlens = None
+
+VARIANTS = ("bare", "modules", "ops", "clone_all")
 
 
-def setup() -> tuple[torch.nn.Module, torch.Tensor]:
+def setup(small: bool) -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
+    if small:
+        return torchvision.models.mobilenet_v3_small(weights=None).eval(), torch.randn(2, 3, 64, 64)
     return torchvision.models.resnet50(weights=None).eval(), torch.randn(8, 3, 224, 224)
 
 
-def run(variant: str, model: torch.nn.Module, x: torch.Tensor) -> None:
+def runner(variant: str, model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
     if variant == "bare":
-        with torch.no_grad():
-            model(x)
-    elif variant == "featcheck":
-        featcheck.capture(model, x)
-    else:
+        def bare() -> object:
+            with torch.no_grad():
+                return model(x)
+        return bare
+    if variant == "modules":
+        return lambda: featcheck.capture(model, x, ops=False)
+    if variant == "ops":
+        return lambda: featcheck.capture(model, x)
+    if variant == "torchlens":
+        def trace() -> object:  # every operation's output saved (its default), no visualisation
+            with torch.no_grad():
+                return torchlens.trace(model, x)
+        return trace
+
+    def clone_all() -> object:
         kept = []
         leaves = [m for m in model.modules() if next(m.children(), None) is None]
         handles = [m.register_forward_hook(lambda m, i, o: kept.append(o.clone())) for m in leaves]
         try:
             with torch.no_grad():
-                model(x)
+                return model(x)
         finally:
             for h in handles:
                 h.remove()
+    return clone_all
 
 
 def _rss_kib(field: str) -> int:
@@ -56,14 +85,15 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def child(variant: str) -> None:
-    model, x = setup()
+def child(variant: str, small: bool) -> None:
+    model, x = setup(small)
+    run = runner(variant, model, x)
     gc.collect()
     # Reset the peak-RSS mark so that model construction does not count (Linux >= 4.0).
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _rss_kib("VmRSS")
-    run(variant, model, x)
+    run()
     print(json.dumps({"peak_kib": _rss_kib("VmHWM"), "setup_kib": before}))
 
 
@@ -71,38 +101,60 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--small", action="store_true", help="mobilenet_v3_small, batch 2, 64x64, one thread")
+    ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--child", choices=VARIANTS)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = 1 if args.small and not args.threads else args.threads
+    if threads:
+        torch.set_num_threads(threads)
     if args.child:
-        child(args.child)
+        child(args.child, args.small)
         return
-    model, x = setup()
-    for v in VARIANTS:  # warm-up
-        run(v, model, x)
-    best = {v: float("inf") for v in VARIANTS}
+    model, x = setup(args.small)
+    variants = list(VARIANTS) + (["torchlens"] if torchlens is not None and not args.small else [])
+    runs = {v: runner(v, model, x) for v in variants}
+    records = {"modules": len(featcheck.capture(model, x, ops=False)), "ops": len(featcheck.capture(model, x))}
+    for v in variants:  # warm-up
+        runs[v]()
+    times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.repeat):
-        for v in VARIANTS:
+        for v in variants:
+            if v == "torchlens" and len(times[v]) >= 2:
+                continue  # 12-14x a forward: two rounds are enough to show it
             t = time.perf_counter()
-            run(v, model, x)
-            best[v] = min(best[v], time.perf_counter() - t)
+            runs[v]()
+            times[v].append(time.perf_counter() - t)
     mem = {}
-    for v in VARIANTS:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", v, "--threads", str(args.threads)],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        mem[v] = json.loads(out.strip().splitlines()[-1])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, resnet50 batch 8 224x224 CPU")
-    print(f"{'variant':<11} {'time ms':>8} {'x bare':>7} {'peak MiB':>9} {'x bare':>7} {'growth MiB':>11} {'x bare':>7}")
-    for v in VARIANTS:
-        peak, setup_ = mem[v]["peak_kib"] / 1024, mem[v]["setup_kib"] / 1024
-        bpeak, bsetup = mem["bare"]["peak_kib"] / 1024, mem["bare"]["setup_kib"] / 1024
-        print(
-            f"{v:<11} {best[v] * 1e3:8.1f} {best[v] / best['bare']:7.2f} {peak:9.0f} "
-            f"{peak / bpeak:7.2f} {peak - setup_:11.0f} {(peak - setup_) / (bpeak - bsetup):7.2f}"
-        )
+    if not args.no_memory:
+        for v in VARIANTS:
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", v, "--threads", str(threads)] + (["--small"] if args.small else []),
+                check=True, capture_output=True, text=True,
+            ).stdout
+            mem[v] = json.loads(out.strip().splitlines()[-1])
+    case = "mobilenet_v3_small batch 2 64x64" if args.small else "resnet50 batch 8 224x224"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {case} CPU, {args.repeat} rounds")
+    print(f"records: {records['modules']} module, {records['ops'] - records['modules']} op")
+    bare = min(times["bare"])
+    # Fixed cost per record, as the median over rounds of the per-round difference: module
+    # records against the bare forward, op records against module-only capture (their marginal
+    # cost, including the mode's pass over every torch call).
+    extra = {
+        "modules": statistics.median(m - b for m, b in zip(times["modules"], times["bare"])) / records["modules"],
+        "ops": statistics.median(o - m for o, m in zip(times["ops"], times["modules"]))
+        / max(1, records["ops"] - records["modules"]),
+    }
+    print(f"{'variant':<10} {'best ms':>8} {'x bare':>7} {'median x':>9} {'us/record':>10} {'peak MiB':>9} {'x bare':>7}")
+    for v in variants:
+        best = min(times[v])
+        ratios = [t / b for t, b in zip(times[v], times["bare"])]
+        per_record = f"{extra[v] * 1e6:10.1f}" if v in extra else f"{'':>10}"
+        line = f"{v:<10} {best * 1e3:8.1f} {best / bare:7.2f} {statistics.median(ratios):9.2f} {per_record}"
+        if v in mem:
+            peak, bpeak = mem[v]["peak_kib"] / 1024, mem["bare"]["peak_kib"] / 1024
+            line += f" {peak:9.0f} {peak / bpeak:7.2f}"
+        print(line)
 
 
 if __name__ == "__main__":

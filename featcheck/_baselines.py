@@ -81,10 +81,14 @@ def layer_entry(lc: Any, stats: bool) -> dict[str, Any]:
     return entry
 
 
-def document(layers: list[dict[str, Any]], nodeid: str, name: str | None, stats: bool) -> dict[str, Any]:
+def document(
+    layers: list[dict[str, Any]], nodeid: str, name: str | None, stats: bool, ops: bool = False
+) -> dict[str, Any]:
+    """``ops``: the layers include records of operations (``featcheck._ops``). Files written
+    before operations were recorded have no ``ops`` field and hold module records only."""
     import torch
 
-    return {
+    doc = {
         "featcheck_baseline": FORMAT_VERSION,
         "test": nodeid,
         "name": name,
@@ -92,6 +96,9 @@ def document(layers: list[dict[str, Any]], nodeid: str, name: str | None, stats:
         "torch": torch.__version__.split("+")[0],
         "layers": layers,
     }
+    if ops:
+        doc["ops"] = True
+    return doc
 
 
 def stored(doc: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +207,10 @@ def _validate(doc: Any) -> None:
         ("test", lambda v: isinstance(v, str), "a string"),
         ("name", lambda v: v is None or isinstance(v, str), "null or a string"),
         ("torch", lambda v: isinstance(v, str), "a string"),
+        ("ops", lambda v: isinstance(v, bool), "true or false"),
     ):
+        if key == "ops" and key not in doc:
+            continue  # optional: files without it hold module records only
         if key not in doc or not ok(doc[key]):
             found = _show(doc[key]) if key in doc else "nothing"
             raise BaselineError(f"is malformed: '{key}' must be {expected}, found {found}")
@@ -503,7 +513,8 @@ def check(
     records = cap.select(layers)
     if not records:
         raise ValueError("the capture has no layers to compare; capture some or widen layers=")
-    new_doc = document([layer_entry(lc, stats) for lc in records], nodeid, name, stats)
+    has_ops = any(getattr(lc, "op", None) for lc in records)
+    new_doc = document([layer_entry(lc, stats) for lc in records], nodeid, name, stats, has_ops)
     text = dumps(stored(new_doc))
     size_kb = len(text.encode()) / 1024
     if size_kb > max_kb:
@@ -531,12 +542,17 @@ def check(
             f"featcheck baseline {display_path} {e}. It was left as it is.\n"
             f"Rewrite it from this capture with: {command}"
         ) from None
-    diff = compare(old_doc, new_doc, rtol, atol, stats and old_doc["stats"])
+    compared = new_doc
+    if has_ops and not old_doc.get("ops", False):
+        # a module-only baseline keeps guarding module records only
+        module_records = [lc for lc in records if not getattr(lc, "op", None)]
+        compared = document([layer_entry(lc, stats) for lc in module_records], nodeid, name, stats)
+    diff = compare(old_doc, compared, rtol, atol, stats and old_doc["stats"])
     if not diff.structural and not diff.drift:
         return None
     if update:
         _write(path, text, display_path, command)
-        return "updated"
+        return "updated (now with op records)" if compared is not new_doc else "updated"
     by_name = {lc.name: lc for lc in records}
     touched = [y["name"] for y in diff.added] + [y["name"] for _, y, _ in diff.changed] + [n for n, _ in diff.drift]
     flagged: list[tuple[Any, list[int], str]] = [(by_name[n], [], "baseline") for n in dict.fromkeys(touched) if n in by_name]

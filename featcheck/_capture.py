@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import _selection
+from . import _ops, _selection
 from ._records import Capture, LayerCapture
 from ._recorder import Recorder
 from ._state import ModelState, preserved_rng
@@ -74,14 +74,15 @@ def _default_layers(model: nn.Module) -> list[str]:
     return out
 
 
-def select_modules(model: nn.Module, layers: Any) -> dict[str, nn.Module]:
-    """Selected ``{name: module}`` of ``model``; raises LayerNotFoundError before any forward."""
+def select_modules(model: nn.Module, layers: Any, unmatched: list[str] | None = None) -> dict[str, nn.Module]:
+    """Selected ``{name: module}`` of ``model``; raises LayerNotFoundError before any forward for
+    a name that matches no module, or appends it to ``unmatched`` (it may name an operation)."""
     modules = dict(model.named_modules())
     if layers is None:
         names = _default_layers(model)
     else:
         items = [(n, m) for n, m in modules.items() if n or len(modules) == 1]
-        names = _selection.select(items, layers, f"{type(model).__name__}.named_modules()")
+        names = _selection.select(items, layers, f"{type(model).__name__}.named_modules()", unmatched=unmatched)
     return {n: modules[n] for n in names}
 
 
@@ -101,14 +102,40 @@ def _key_matches(key: str, names: list[str]) -> bool:
     return False
 
 
-def _check_keys(keys: Any, what: str, model: nn.Module) -> None:
-    names = [n for n, _ in model.named_modules()]
+def _could_name_op(key: str, modules: Mapping[str, Any]) -> bool:
+    return any(_ops.could_name_op(stem, modules) for stem in {key, _RECORD_SUFFIX.sub("", key)})
+
+
+def _check_keys(keys: Any, what: str, model: nn.Module, deferred: list[tuple[str, str]] | None) -> None:
+    """Keys must name modules; with ops on, a key that names none but could name an operation
+    is checked again after the forward against the records (``deferred``)."""
+    if not keys:
+        return
+    modules = dict(model.named_modules())
+    names = list(modules)
     for key in keys:
         if not isinstance(key, str):
             raise TypeError(f"{what} keys must be layer names or patterns (str), got {type(key).__name__}: {key!r}")
         if not _key_matches(key, names):
+            if deferred is not None and _could_name_op(key, modules):
+                deferred.append((what, key))
+                continue
             err = _selection.not_found(key, names, f"{type(model).__name__}.named_modules()")
             raise type(err)(f"{what}: {err}") from None
+
+
+def _check_deferred(recorder: Recorder, deferred: list[tuple[str, str]], model_name: str) -> None:
+    """Names that matched no module before the forward must match a record now (an operation's
+    name exists only once the model ran); otherwise LayerNotFoundError, as before a forward."""
+    if not deferred or not recorder.forwards:
+        return
+    names = list(recorder.records)
+    names += sorted({rec.module_name for rec in recorder.records.values()} - set(names))
+    for what, key in deferred:
+        if not _key_matches(key, names):
+            hints = [*names, *recorder.unselected_ops, *recorder.module_names]
+            err = _selection.not_found(key, list(dict.fromkeys(hints)), f"the modules and operations of {model_name}")
+            raise type(err)(f"{what}: {err}" if what != "layers" else str(err))
 
 
 def _channel_dim_override(channel_dim: Any) -> Callable[[str, str], int | None]:
@@ -161,6 +188,7 @@ def _check_args(
     bounds: Any,
     channel_dim: Any,
     keep_samples: Any,
+    deferred: list[tuple[str, str]] | None,
     **flags: Any,
 ) -> tuple[dict[str, tuple[float, float]], Callable[[str, str], int | None]]:
     if layers is not None:
@@ -170,14 +198,14 @@ def _check_args(
             raise TypeError(f"saturation_tol must be a number in [0, 0.5), got {type(saturation_tol).__name__}: {saturation_tol!r}")
         if not 0 <= saturation_tol < 0.5:
             raise ValueError(f"saturation_tol must be in [0, 0.5), got {saturation_tol!r}")
-    for name, value in {"keep_samples": keep_samples, **flags}.items():
+    for name, value in {"keep_samples": keep_samples, **flags}.items():  # ops, train, grad
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {type(value).__name__}: {value!r}")
     checked = _check_bounds(bounds)
     override = _channel_dim_override(channel_dim)
-    _check_keys(checked, "bounds", model)
+    _check_keys(checked, "bounds", model, deferred)
     if isinstance(channel_dim, Mapping):
-        _check_keys(channel_dim, "channel_dim", model)
+        _check_keys(channel_dim, "channel_dim", model, deferred)
     lazy = [n for n, p in model.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)]
     if lazy:
         raise ValueError(
@@ -270,6 +298,7 @@ def capture(
     bounds: Mapping[str, tuple[float, float]] | None = None,
     saturation_tol: float | None = None,
     keep_samples: bool = True,
+    ops: bool = True,
     forward_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> Capture:
@@ -297,6 +326,10 @@ def capture(
         saturation_tol: a value counts as at a bound within ``saturation_tol * (high - low)``
             (ini ``featcheck_saturation_tolerance``, default 1e-3).
         keep_samples: keep the first sample of each layer for rendering.
+        ops: record, besides modules, the operations that module code calls (``F.relu``,
+            ``out += identity``, ``torch.cat``; see ``featcheck._ops``); ``False`` records modules
+            only. A name in ``layers``, ``bounds`` or ``channel_dim`` that matches no module is
+            looked up among the operations after the forward.
         forward_kwargs: keyword arguments for the model whose names collide with capture's own
             (``layers``, ``train``, ``grad``, ...): ``forward_kwargs={"layers": 4}``.
 
@@ -308,16 +341,16 @@ def capture(
         >>> cap["layer1"].stats["mean"]
     """
     eager, note = unwrap(model)
+    deferred: list[tuple[str, str]] | None = [] if ops is True else None
     bounds_, override = _check_args(
-        eager, layers, saturation_tol, bounds, channel_dim, keep_samples, train=train, grad=grad
+        eager, layers, saturation_tol, bounds, channel_dim, keep_samples, deferred, ops=ops, train=train, grad=grad
     )
     kwargs = _merge_kwargs(kwargs, forward_kwargs)
-    selected = select_modules(eager, layers)
+    recorder, selected = _recorder(eager, layers, override, bounds_, saturation_tol, keep_samples, ops, deferred)
     if note and isinstance(model, nn.DataParallel):
         device = next((p.device for p in eager.parameters()), None)
         if device is not None:
             args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
-    recorder = Recorder(channel_dim=override, bounds=bounds_, saturation_tol=saturation_tol, keep_samples=keep_samples)
     with _exclusive(eager, "capture"):
         state: ModelState | None = None
         guard = _Interrupts()
@@ -339,9 +372,38 @@ def capture(
         recorder.finalize()
         if recorder.errors:
             raise recorder.errors[0]
+        _check_deferred(recorder, deferred or [], type(eager).__name__)
         if state is not None and state.unrestorable:
             note = "; ".join(filter(None, [note, "not restored (written in place by the forward): " + ", ".join(state.unrestorable)]))
     return Capture(recorder, type(eager).__name__, note)
+
+
+def _recorder(
+    eager: nn.Module,
+    layers: Any,
+    override: Callable[[str, str], int | None],
+    bounds: dict[str, tuple[float, float]],
+    saturation_tol: float | None,
+    keep_samples: bool,
+    ops: bool,
+    deferred: list[tuple[str, str]] | None,
+) -> tuple[Recorder, dict[str, nn.Module]]:
+    """The recorder for one inspection, and its selected modules. A name in ``layers`` that
+    matches no module but could name an operation is checked after the forward (``deferred``)."""
+    unmatched: list[str] | None = [] if ops else None
+    selected = select_modules(eager, layers, unmatched)
+    if deferred is not None and unmatched:
+        modules = dict(eager.named_modules())
+        for name in unmatched:
+            if not _could_name_op(name, modules):  # the error select_modules raises without ops
+                names = [n for n in modules if n or len(modules) == 1]
+                raise _selection.not_found(name, names, f"{type(eager).__name__}.named_modules()")
+        deferred[:0] = [("layers", name) for name in unmatched]
+    recorder = Recorder(
+        channel_dim=override, bounds=bounds, saturation_tol=saturation_tol, keep_samples=keep_samples,
+        ops=ops, want_op=_selection.op_filter(layers),
+    )
+    return recorder, selected
 
 
 def _merge_kwargs(kwargs: dict[str, Any], forward_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -364,6 +426,7 @@ def watch(
     bounds: Mapping[str, tuple[float, float]] | None = None,
     saturation_tol: float | None = None,
     keep_samples: bool = True,
+    ops: bool = True,
 ) -> Iterator[Capture]:
     """Hook the selected layers for any number of forward passes; statistics accumulate.
 
@@ -377,21 +440,24 @@ def watch(
     (``model._orig_mod(x)``, ``model.module(x)``): compiled graphs may skip hooks added after
     compilation and DataParallel replicas run hooks from worker threads. A warning says so.
 
+    ``ops`` as for :func:`capture`; names that match no module are looked up among the recorded
+    operations at the end of the block (when the model ran in it).
+
     Example:
         >>> with featcheck.watch(model, layers=torch.nn.Conv2d) as cap:
         ...     for xb in batches:
         ...         model(xb)
     """
     eager, note = unwrap(model)
-    bounds_, override = _check_args(eager, layers, saturation_tol, bounds, channel_dim, keep_samples)
-    selected = select_modules(eager, layers)
+    deferred: list[tuple[str, str]] | None = [] if ops is True else None
+    bounds_, override = _check_args(eager, layers, saturation_tol, bounds, channel_dim, keep_samples, deferred, ops=ops)
+    recorder, selected = _recorder(eager, layers, override, bounds_, saturation_tol, keep_samples, ops, deferred)
     if note:
         warnings.warn(
             f"featcheck.watch: {note}; call that eager module inside the with-block, "
             "forwards through the wrapper may not fire hooks.",
             stacklevel=3,
         )
-    recorder = Recorder(channel_dim=override, bounds=bounds_, saturation_tol=saturation_tol, keep_samples=keep_samples)
     with _exclusive(eager, "watch"):
         guard = _Interrupts()
         try:
@@ -404,3 +470,4 @@ def watch(
         recorder.finalize()
         if recorder.errors:
             raise recorder.errors[0]
+        _check_deferred(recorder, deferred or [], type(eager).__name__)

@@ -23,6 +23,7 @@ Rank-1 outputs ``[N]`` have one channel (``None`` here); rank-0 outputs likewise
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -135,3 +136,136 @@ def channel_dim(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor, tag
             elif inp.ndim == ndim:
                 return cdim
     return ndim - 1 if ndim == 3 else 1
+
+
+# -- operations (see featcheck._ops) -----------------------------------------------------------
+
+# Reductions whose ``dim`` argument removes axes (or keeps them with size 1).
+_REDUCTIONS = frozenset({
+    "sum", "mean", "nansum", "nanmean", "amax", "amin", "std", "var", "norm", "logsumexp", "prod",
+    "count_nonzero",
+})
+
+
+def _tensors(args: Any) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out.extend(x for x in a if isinstance(x, torch.Tensor))
+    return out
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any] | None, pos: int, *names: str) -> Any:
+    if kwargs:
+        for n in names:
+            if n in kwargs:
+                return kwargs[n]
+    return args[pos] if len(args) > pos else None
+
+
+def _follow_reshape(old: torch.Size, cdim: int, new: torch.Size) -> int | None:
+    """Where the channel axis went in a reshape: the axis of the same size with the same number of
+    values before it (so ``flatten(1)`` of ``[N, C, 1, 1]`` keeps C on dim 1)."""
+    before = math.prod(old[:cdim])
+    size = old[cdim]
+    p = 1
+    for j, s in enumerate(new):
+        if p == before and s == size:
+            return j
+        p *= s
+        if p > before and before:
+            break
+    return None
+
+
+def _as_dims(d: Any, ndim: int) -> list[int] | None:
+    if isinstance(d, int):
+        d = [d]
+    if not isinstance(d, (list, tuple)) or not all(isinstance(i, int) for i in d):
+        return None
+    return [i % ndim for i in d] if ndim else None
+
+
+def op_channel_dim(
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None, out: torch.Tensor, tags: Tags
+) -> int | None:
+    """The channel axis of an operation's output ``out``: inherited from its first input whose axis
+    is known (preferring inputs of the output's rank, so ``layer_scale * x`` takes ``x``'s),
+    moved by permutations, transposes and reshapes, removed by a reduction over it. Unknown
+    inputs fall back to the module rule 6 (last dim for rank 3, else dim 1)."""
+    ndim = out.ndim
+    if ndim < 2:
+        return None
+    inp: torch.Tensor | None = None
+    cdim: int | None = None
+    for t in _tensors(args):
+        known, c = tags.get(t)
+        if known and (inp is None or (t.ndim == ndim and inp.ndim != ndim)):
+            inp, cdim = t, c
+            if t.ndim == ndim:
+                break
+    if inp is not None and cdim is None and inp.ndim == ndim:
+        return None  # computed from a map without channels (a mean over them)
+    if inp is None or cdim is None:
+        return ndim - 1 if ndim == 3 else 1
+    moved = _moved(name, args, kwargs, inp, cdim, out)
+    if moved is not _UNKNOWN:
+        return moved  # type: ignore[return-value]
+    if inp.ndim == ndim:
+        return cdim
+    found = _follow_reshape(inp.shape, cdim, out.shape)
+    if found is not None:
+        return found
+    return ndim - 1 if ndim == 3 else 1
+
+
+_UNKNOWN = object()
+
+
+def _moved(
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None, inp: torch.Tensor, cdim: int, out: torch.Tensor
+) -> Any:
+    """The channel axis after an op that moves or removes axes; _UNKNOWN for every other op."""
+    nd = inp.ndim
+    if name == "permute":
+        dims = args[1:] if len(args) > 2 or (len(args) == 2 and isinstance(args[1], int)) else _arg(args, kwargs, 1, "dims")
+        dims = _as_dims(dims, nd)
+        return dims.index(cdim) if dims and cdim in dims and len(dims) == out.ndim else _UNKNOWN
+    if name == "transpose":
+        pair = _as_dims([_arg(args, kwargs, 1, "dim0", "axis0"), _arg(args, kwargs, 2, "dim1", "axis1")], nd)
+        if pair is None:
+            return _UNKNOWN
+        return pair[1] if cdim == pair[0] else pair[0] if cdim == pair[1] else cdim
+    if name in ("T", "t"):
+        return nd - 1 - cdim
+    if name in ("mT", "mH"):
+        return {nd - 1: nd - 2, nd - 2: nd - 1}.get(cdim, cdim)
+    if name == "movedim":
+        src = _as_dims(_arg(args, kwargs, 1, "source"), nd)
+        dst = _as_dims(_arg(args, kwargs, 2, "destination"), nd)
+        if src is None or dst is None or len(src) != len(dst):
+            return _UNKNOWN
+        order = [d for d in range(nd) if d not in src]
+        result: list[int | None] = [None] * nd
+        for s, d in zip(src, dst):
+            result[d] = s
+        rest = iter(order)
+        result = [r if r is not None else next(rest) for r in result]
+        return result.index(cdim)
+    if name == "stack":
+        d = _arg(args, kwargs, 1, "dim")
+        d = 0 if d is None else d % out.ndim
+        return cdim + 1 if d <= cdim else cdim
+    if name in _REDUCTIONS:
+        dims = _as_dims(_arg(args, kwargs, 1, "dim", "axis"), nd)
+        if dims is None:
+            return _UNKNOWN
+        if cdim in dims:
+            return None
+        keep = _arg(args, kwargs, 2, "keepdim")
+        if name in ("std", "var") and not isinstance(keep, bool):
+            keep = (kwargs or {}).get("keepdim", False)
+        return cdim if keep is True else cdim - sum(1 for d in dims if d < cdim)
+    return _UNKNOWN

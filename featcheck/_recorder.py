@@ -12,8 +12,16 @@ Naming (stable, a contract for baselines and reports):
   tuple positions, ``[field]`` for namedtuple and dataclass fields; nesting concatenates
   (``backbone[out]``, ``rpn[0][1]``). ``None`` and other non-tensor leaves are skipped.
 
-What is not captured: functional calls (``F.relu(x)``, ``x + y``) and modules whose
-``forward`` is called directly (``module.forward(x)``) fire no module hook.
+* Operations (``ops=True``, see :mod:`._ops`) are named after the innermost module whose
+  ``forward`` called them and the operation: ``layer1.0.add`` for a Bottleneck's
+  ``out += identity``, ``relu`` for an ``F.relu`` in the root model's forward. In-place,
+  out-of-place and reversed forms share one name (``add_``, ``+=``, ``+`` and ``torch.add`` are
+  ``add``; ``1 - x`` is ``sub``; ``/`` is ``div``). Repeats within one forward of the model get
+  ``:2``, ``:3`` like a reused module, from the same counters. Where that name is also the name
+  of a module of the model, the op's name ends in ``()`` (``relu()`` next to a child ``relu``).
+
+What is not captured: modules whose ``forward`` is called directly (``module.forward(x)``) fire
+no module hook, and without ``ops`` functional calls (``F.relu(x)``, ``x + y``) are not seen.
 
 A forward pass is one transaction: what the hooks reduce is kept aside and committed when the
 model's forward returns. A forward that raises leaves no trace (no counts, no new records), so
@@ -24,6 +32,7 @@ error) is skipped and said in the record's ``note``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import math
@@ -37,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _config, _layout, _stats
+from . import _config, _layout, _ops, _stats
 from ._records import LayerCapture
 
 __all__ = ["Recorder"]
@@ -78,8 +87,10 @@ def _sample(t: torch.Tensor, cdim: int | None) -> tuple[torch.Tensor, tuple[int,
         return t.detach().reshape(1).to("cpu", torch.float32, copy=True), ()
     s = t[0]
     if cdim is None:
-        return s.detach().reshape(1).to("cpu", torch.float32, copy=True), ()
-    if cdim != 1:
+        if s.ndim == 0:
+            return s.detach().reshape(1).to("cpu", torch.float32, copy=True), ()
+        s = s.unsqueeze(0)  # an operation's output without channels (a mean over them): one
+    elif cdim != 1:
         s = s.movedim(cdim - 1, 0)
     spatial = s.shape[1:]
     steps = [1] * len(spatial)
@@ -133,6 +144,22 @@ def default_batchnorm(model: nn.Module) -> list[str]:
     return out
 
 
+# featcheck's own torch calls are seen by no torch function mode, the user's or its own.
+_quiet = torch._C.DisableTorchFunction
+
+# torch's fused modules: an active mode switches off their fast paths and changes their output.
+_FUSED: tuple[type, ...] = (
+    nn.MultiheadAttention,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+    nn.TransformerEncoder,
+    nn.TransformerDecoder,
+    nn.Transformer,
+)
+# A frame marking that a fused module took the op mode off the stack.
+_PAUSED = ("(mode paused)", False)
+
+
 def _unsupported(t: torch.Tensor) -> str:
     """Why ``t`` cannot be reduced to statistics ('' if it can)."""
     if t.layout != torch.strided:
@@ -168,6 +195,8 @@ class Recorder:
         bounds: Mapping[str, tuple[float, float]],
         saturation_tol: float | None = None,
         keep_samples: bool = True,
+        ops: bool = False,
+        want_op: Callable[[str, str, str], bool] | None = None,
     ) -> None:
         self.records: dict[str, LayerCapture] = {}
         self.output: Any = None
@@ -184,11 +213,20 @@ class Recorder:
         self._pending: list[_Pending] = []
         self._new: list[str] = []
         self._tags = _layout.Tags()
-        self._scratch = _stats.Scratch()
+        with _quiet():
+            self._scratch = _stats.Scratch()
         self._input_size: tuple[int, ...] | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._depth = 0
         self._exc_at_start: BaseException | None = None
+        # operations: the module frames of the forward in progress and the mode that sees calls
+        self.ops = ops
+        self._want_op = want_op
+        self._frames: list[tuple[str, bool]] = []
+        self._mode: _ops.OpMode | None = _ops.OpMode(self._on_op) if ops else None
+        self._mode_on = False
+        self.module_names: dict[str, None] = {}  # every module of the model (ops on)
+        self.unselected_ops: dict[str, None] = {}  # operations seen but not selected (for hints)
 
     # hooks ---------------------------------------------------------------------------
     def attach(self, root: nn.Module, selected: Mapping[str, nn.Module]) -> None:
@@ -199,10 +237,14 @@ class Recorder:
             self._handles.append(
                 root.register_forward_pre_hook(self._start, with_kwargs=True, prepend=True)
             )
-            for name, module in root.named_modules():
-                if name in selected or (
-                    next(module.children(), None) is None and module is not root
-                ):
+            modules = list(root.named_modules())
+            if self.ops:
+                self.module_names = dict.fromkeys(n for n, _ in modules)
+            for name, module in modules:
+                leaf = next(module.children(), None) is None
+                if self.ops:
+                    self._attach_frame(name, module, leaf)
+                if name in selected or (leaf and module is not root):
                     hook = self._make_hook(name, record=name in selected)
                     self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
             self._handles.append(root.register_forward_hook(self._finish, always_call=True))
@@ -210,8 +252,53 @@ class Recorder:
             self.detach()
             raise
 
+    def _attach_frame(self, name: str, module: nn.Module, leaf: bool) -> None:
+        """Hooks that keep the stack of running modules, to which operations are attributed.
+
+        Operations inside leaf modules (the ``conv2d`` of ``nn.Conv2d``) are not recorded. Inside
+        torch's fused attention and transformer modules the mode is switched off altogether: an
+        active mode disables their fast paths, which would change their output."""
+        frame = (f"{name}." if name else "", not leaf)
+        frames = self._frames
+        if isinstance(module, _FUSED):
+            frame = (f"{name}.", False)
+
+            def pre(m: nn.Module, args: Any) -> None:
+                frames.append(frame)
+                if self._mode_on and self._mode is not None:
+                    self._mode_on = False
+                    _ops.remove(self._mode)
+                    frames.append(_PAUSED)
+
+            def post(m: nn.Module, args: Any, out: Any) -> None:
+                if frames and frames[-1] is _PAUSED:
+                    frames.pop()
+                    if self._mode is not None and self._depth:
+                        _ops.push(self._mode)
+                        self._mode_on = True
+                if frames and frames[-1] is frame:
+                    frames.pop()
+        else:
+            def pre(m: nn.Module, args: Any) -> None:
+                frames.append(frame)
+
+            def post(m: nn.Module, args: Any, out: Any) -> None:
+                if frames and frames[-1] is frame:
+                    frames.pop()
+
+        self._handles.append(module.register_forward_pre_hook(pre))
+        self._handles.append(module.register_forward_hook(post, always_call=True))
+
+    def _mode_off(self) -> None:
+        if self._mode_on and self._mode is not None:
+            self._mode_on = False
+            _ops.remove(self._mode)
+        self._frames.clear()
+
     def detach(self) -> None:
-        """Remove every hook (idempotent); what an interrupted forward left pending is dropped."""
+        """Remove every hook and the op mode (idempotent); what an interrupted forward left
+        pending is dropped."""
+        self._mode_off()
         while self._handles:
             self._handles.pop().remove()
         self._tags.clear()
@@ -222,12 +309,17 @@ class Recorder:
         self._depth += 1
         if self._depth > 1:
             return  # the root calling itself: one forward pass
-        if self.forwards == 0:
-            self.default_batchnorm = default_batchnorm(module)
+        with _quiet():
+            if self.forwards == 0:
+                self.default_batchnorm = default_batchnorm(module)
+            self._input_size = _spatial_size(args, kwargs)
         self._exc_at_start = sys.exc_info()[1]
         self._calls.clear()
         self._tags.clear()
-        self._input_size = _spatial_size(args, kwargs)
+        if self._mode is not None:
+            self._frames.clear()
+            _ops.push(self._mode)
+            self._mode_on = True
 
     def _finish(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._depth == 0:
@@ -235,13 +327,15 @@ class Recorder:
         self._depth -= 1
         if self._depth:
             return
+        self._mode_off()
         # The hook runs with always_call=True: torch calls it from its exception handler when
         # the forward raised, where sys.exc_info() holds that exception.
         exc = sys.exc_info()[1]
         if exc is not None and exc is not self._exc_at_start:
             self._abort()
             return
-        self._commit()
+        with _quiet():
+            self._commit()
         self.output = output
         self.forwards += 1
         self._calls.clear()
@@ -250,6 +344,7 @@ class Recorder:
     def _abort(self) -> None:
         """Forget the forward in progress: its pending blocks and the records it created."""
         self._depth = 0
+        self._mode_off()
         self._pending.clear()
         for name in self._new:
             self.records.pop(name, None)
@@ -258,8 +353,12 @@ class Recorder:
         self._tags.clear()
 
     def _make_hook(self, name: str, record: bool) -> Callable[..., None]:
+        # With ops on, featcheck's own torch calls must be seen by no mode (neither its own nor
+        # the user's): torch functions are disabled while a hook works.
+        quiet = _quiet if self.ops else contextlib.nullcontext
+
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-            with torch.no_grad():
+            with quiet(), torch.no_grad():
                 if not record:
                     if isinstance(out, torch.Tensor):
                         self._tags.set(out, _layout.channel_dim(module, args, out, self._tags))
@@ -268,33 +367,78 @@ class Recorder:
                 self._calls[name] = k
                 base = name if k == 1 else f"{name}:{k}"
                 for key, t in (("", out),) if isinstance(out, torch.Tensor) else _flatten(out):
-                    self._record(base + key, module, name, k, key, args, t)
+                    self._record(base + key, module, name, k, key, t, args)
             if not self._depth:
                 self._commit()  # a submodule called on its own, outside a forward of the model
 
         return hook
 
-    def _bounds_for(self, rname: str, mname: str, module: nn.Module) -> tuple[float, float] | None:
+    def _bounds_for(self, rname: str, mname: str, module: nn.Module | str) -> tuple[float, float] | None:
         for pat, b in self._bounds.items():
             if any(fnmatch.fnmatchcase(n, pat) for n in (rname, mname)):
                 return (float(b[0]), float(b[1]))
-        return _module_bounds(module)
+        return _ops.op_bounds(module) if isinstance(module, str) else _module_bounds(module)
+
+    # operations ----------------------------------------------------------------------
+    def _on_op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, out: torch.Tensor) -> None:
+        """Called by the mode after every torch call that returned a tensor."""
+        frames = self._frames
+        if not frames or not frames[-1][1]:
+            return  # outside a forward of the model, or inside a leaf or fused module
+        prefix = frames[-1][0]
+        try:
+            with _quiet():
+                self._op(func, args, kwargs, out, prefix)
+        except Exception as e:  # never break the user's forward: say so, record nothing
+            _warn(f"featcheck: an operation called by {prefix[:-1] or 'the model'!r} was not recorded: {type(e).__name__}: {e}")
+
+    def _op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, out: torch.Tensor, prefix: str) -> None:
+        name, inplace = _ops.name_and_inplace(func)
+        tags = self._tags
+        if name in _ops.NOT_RECORDED:
+            if name in _ops.SHAPE_OPS and out.ndim >= 1:
+                tags.set(out, _layout.op_channel_dim(name, args, kwargs, out, tags))
+            return
+        if args and out is args[0]:  # an in-place op: its result is recorded
+            if name in _ops.DROPOUTS:
+                return  # eval-mode dropout hands its input back
+        elif not inplace and out._is_view():
+            if out.ndim >= 1:  # a view of an input, such as x.diagonal(): no new values
+                tags.set(out, _layout.op_channel_dim(name, args, kwargs, out, tags))
+            return
+        cdim = _layout.op_channel_dim(name, args, kwargs, out, tags)
+        if out.ndim == 0 or not out.is_floating_point():
+            return
+        base = prefix + name
+        if base in self.module_names:
+            base += "()"
+        k = self._calls.get(base, 0) + 1
+        self._calls[base] = k
+        rname = base if k == 1 else f"{base}:{k}"
+        if self._want_op is not None and not self._want_op(rname, base, name):
+            self.unselected_ops[base] = None
+            tags.set(out, cdim)
+            return
+        self._record(rname, name, base, k, "", out, auto_cdim=cdim)
 
     def _record(
         self,
         rname: str,
-        module: nn.Module,
+        module: nn.Module | str,
         mname: str,
         call: int,
         key: str,
-        args: tuple[Any, ...],
         t: torch.Tensor,
+        args: tuple[Any, ...] = (),
+        auto_cdim: int | None = None,
     ) -> None:
+        """Reduce one output. ``module`` is the module, or for an operation its name (``add``),
+        whose channel axis the caller decided (``auto_cdim``)."""
         rec = self.records.get(rname)
         try:
             cdim = self._override(rname, mname)
             if cdim is None:
-                cdim = _layout.channel_dim(module, args, t, self._tags)
+                cdim = auto_cdim if isinstance(module, str) else _layout.channel_dim(module, args, t, self._tags)
             else:
                 try:
                     cdim = _layout._normalise(cdim, t.ndim)
@@ -372,9 +516,10 @@ class Recorder:
     def finalize(self) -> None:
         """The inspection is over: read what needs the model (parameter counts) while it lives,
         so that records answer without keeping it alive."""
-        self.commit_outside_forward()
-        for rec in self.records.values():
-            rec.params  # noqa: B018 - computed and cached now
+        with _quiet():
+            self.commit_outside_forward()
+            for rec in self.records.values():
+                rec.params  # noqa: B018 - computed and cached now
 
     def commit_outside_forward(self) -> None:
         """Records are read: commit what hooks outside a forward of the model left pending."""
@@ -386,7 +531,11 @@ def _note(rec: LayerCapture, text: str) -> None:
     if text in rec.note:
         return
     rec.note = f"{rec.note}; {text}" if rec.note else text
+    _warn(f"featcheck: layer {rec.name!r}: {text}")
+
+
+def _warn(text: str) -> None:
     try:
-        warnings.warn(f"featcheck: layer {rec.name!r}: {text}", RuntimeWarning, stacklevel=2)
+        warnings.warn(text, RuntimeWarning, stacklevel=3)
     except Exception:  # warnings turned into errors (-W error) must not break the forward either
         pass

@@ -10,7 +10,7 @@ model alive (``LayerCapture.module`` and ``params`` answer ``None`` once it is g
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import _selection, _stats, _verdicts
+from ._ops import Operation
 
 if TYPE_CHECKING:
     from ._recorder import Recorder
@@ -25,13 +26,20 @@ if TYPE_CHECKING:
 __all__ = ["Capture", "LayerCapture"]
 
 
+def _no_module() -> None:
+    return None
+
+
 class LayerCapture:
     """What featcheck recorded of one layer (one call of one module, one output tensor).
 
     Attributes:
         name: the record's unique name (see the module docstring for the rules).
-        module_name: qualified name of the module in ``named_modules()``.
-        module_type: the module's class name.
+        module_name: qualified name of the module in ``named_modules()``; for an operation its
+            name without the call counter (``layer1.0.add`` for ``layer1.0.add:2``).
+        module_type: the module's class name; for an operation its name and ``()`` (``add()``).
+        op: the operation's name (``add``, ``relu``, ``cat``) for a record of an operation
+            (see ``featcheck._ops``), ``None`` for a module's record.
         call: which call of the module in a forward pass this is (1 for the first).
         key: the key path inside the module's output ('' when it returned one tensor).
         channel_dim: the axis holding channels in the output, ``None`` for rank < 2.
@@ -55,7 +63,7 @@ class LayerCapture:
     def __init__(
         self,
         name: str,
-        module: nn.Module,
+        module: nn.Module | str,
         module_name: str,
         call: int,
         key: str,
@@ -63,16 +71,27 @@ class LayerCapture:
         channels: int,
         bounds: tuple[float, float] | None,
     ) -> None:
+        """``module`` is the module, or for a record of an operation the operation's name."""
         self.name = name
         self.module_name = module_name
-        self.module_type = type(module).__name__
-        self.module_class: type = type(module)
-        self._module = weakref.ref(module)
+        self._params: int | None = None
+        self.op: str | None
+        self._module: Callable[[], nn.Module | None]
+        if isinstance(module, str):
+            self.op = module
+            self.module_type = f"{module}()"
+            self.module_class: type = Operation
+            self._module = _no_module
+            self._params = 0
+        else:
+            self.op = None
+            self.module_type = type(module).__name__
+            self.module_class = type(module)
+            self._module = weakref.ref(module)
         self.call = call
         self.key = key
         self.channel_dim = channel_dim
         self.channels = channels
-        self._params: int | None = None
         self.bounds = bounds
         self.shape: tuple[int, ...] = ()
         self.dtype = ""
@@ -89,7 +108,7 @@ class LayerCapture:
     @property
     def params(self) -> int | None:
         """Number of parameters of the module, counted when the capture ended (``None`` if the model
-        was gone by then)."""
+        was gone by then); 0 for an operation."""
         if self._params is None:
             module = self._module()
             if module is not None:
@@ -98,7 +117,7 @@ class LayerCapture:
 
     @property
     def module(self) -> nn.Module | None:
-        """The module, while the model is alive."""
+        """The module, while the model is alive (``None`` for an operation)."""
         return self._module()
 
     @property
@@ -200,7 +219,9 @@ class Capture(Mapping[str, LayerCapture]):
 
     def select(self, layers: Any = None) -> list[LayerCapture]:
         """The records chosen by ``layers`` (same selectors as capture; a module name selects
-        every call and output key of that module)."""
+        every call and output key of that module, an operation's name every call of it, a torch
+        function such as ``F.relu`` every record of that operation; predicates see modules
+        only)."""
         records = self._records()
         if layers is None:
             return list(records.values())
@@ -210,7 +231,8 @@ class Capture(Mapping[str, LayerCapture]):
             "this capture",
             aliases=lambda n: (records[n].module_name,),
             instance_of=lambda rec, cls: issubclass(rec.module_class, cls),
-            call=lambda pred, n, rec: bool(pred(n, rec.module)),
+            call=lambda pred, n, rec: rec.op is None and bool(pred(n, rec.module)),
+            op_of=lambda rec: rec.op,
         )
         return [records[n] for n in names]
 

@@ -6,12 +6,16 @@ A selector is one of
   pattern (``fnmatch`` syntax: ``*`` also matches dots, so ``layer*.conv2``
   matches ``layer1.0.conv2``);
 * a module class (or tuple of classes): every module that is an instance;
-* a callable ``(name, module) -> bool``;
+* a torch function (``F.relu``, ``torch.cat``, ``torch.Tensor.add``): every record of that
+  operation (in-place and operator forms included: ``torch.add`` selects ``+`` and ``+=``); it is
+  never called;
+* a callable ``(name, module) -> bool``: a predicate, shown modules only;
 * a list or tuple mixing the above (a tuple of classes counts as one class selector).
 
 Names and patterns are references: one that matches nothing raises
-:class:`LayerNotFoundError` naming the closest existing names. Classes and
-predicates are filters and may match nothing.
+:class:`LayerNotFoundError` naming the closest existing names (capture and watch check a name that
+matches no module again after the forward, against the operations recorded). Classes, torch
+functions and predicates are filters and may match nothing.
 """
 
 from __future__ import annotations
@@ -78,8 +82,8 @@ def _flatten_selectors(layers: Any) -> list[Any]:
             out.extend(_flatten_selectors(item))
         return out
     raise TypeError(
-        "layers must be a name, a glob pattern, a module class, a predicate "
-        f"(name, module) -> bool, or a list of these; got {type(layers).__name__}: {layers!r}"
+        "layers must be a name, a glob pattern, a module class, a torch function (F.relu), a "
+        f"predicate (name, module) -> bool, or a list of these; got {type(layers).__name__}: {layers!r}"
     )
 
 
@@ -91,12 +95,18 @@ def select(
     aliases: Callable[[str], Iterable[str]] | None = None,
     instance_of: Callable[[T, Any], bool] = isinstance,
     call: Callable[[Callable[[str, Any], bool], str, T], bool] | None = None,
+    op_of: Callable[[T], str | None] = lambda obj: None,
+    unmatched: list[str] | None = None,
 ) -> list[str]:
     """Return the names in ``items`` chosen by ``layers``, in the order of ``items``.
 
     ``items`` are ``(name, obj)`` pairs; ``aliases(name)`` gives further names an item
-    answers to (a capture record answers to its module's name too).
+    answers to (a capture record answers to its module's name too); ``op_of(obj)`` the name of
+    the operation an item records (``None`` for modules). Names that match nothing raise, or
+    are appended to ``unmatched`` when it is given.
     """
+    from . import _ops  # imports torch: not at plugin import time
+
     selectors = _flatten_selectors(layers)
     names = [n for n, _ in items]
     chosen: set[str] = set()
@@ -111,12 +121,43 @@ def select(
                 )
             ]
             if not hits:
-                raise not_found(sel, names, where)
+                if unmatched is None:
+                    raise not_found(sel, names, where)
+                unmatched.append(sel)
             chosen.update(hits)
         elif isinstance(sel, type) or isinstance(sel, tuple):
             chosen.update(n for n, obj in items if instance_of(obj, sel))
+        elif _ops.is_op_selector(sel):
+            op = _ops.op_name(sel)
+            chosen.update(n for n, obj in items if op_of(obj) == op)
         else:
             chosen.update(
                 n for n, obj in items if (call(sel, n, obj) if call else sel(n, obj))
             )
     return [n for n in names if n in chosen]
+
+
+def op_filter(layers: Any) -> Callable[[str, str, str], bool] | None:
+    """Which operations ``layers`` asks capture to record, as ``want(record name, record name
+    without the call counter, op name)``;
+    ``None`` records every operation. Names and patterns select operations by name, torch
+    functions by operation; classes and predicates select modules only."""
+    if layers is None:
+        return None
+    from . import _ops
+
+    strings = []
+    ops = set()
+    for sel in _flatten_selectors(layers):
+        if isinstance(sel, str):
+            strings.append(sel)
+        elif not isinstance(sel, (type, tuple)) and _ops.is_op_selector(sel):
+            ops.add(_ops.op_name(sel))
+
+    def want(name: str, base: str, op: str) -> bool:
+        return op in ops or any(
+            (fnmatch.fnmatchcase(name, s) or fnmatch.fnmatchcase(base, s)) if is_pattern(s) else s in (name, base)
+            for s in strings
+        )
+
+    return want
