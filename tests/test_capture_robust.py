@@ -188,7 +188,7 @@ class TakesCaptureNames(nn.Module):
 def test_model_keywords_that_collide_with_capture_options_go_through_forward_kwargs() -> None:
     model = TakesCaptureNames()
     cap = featcheck.capture(model, torch.randn(2, 4), forward_kwargs={"layers": 3, "train": True})
-    assert cap.names == ["lin", "lin:2", "lin:3"]
+    assert cap.names == ["lin", "lin:2", "lin:3", "add"]  # the root's `x + float(train)`
     with pytest.raises(TypeError, match="given both directly and in forward_kwargs"):
         featcheck.capture(model, torch.randn(2, 4), forward_kwargs={"x": 1}, x=2)
 

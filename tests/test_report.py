@@ -108,8 +108,8 @@ def test_gallery_summary_and_terminal_section(suite: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "*= featcheck =*",
-            "test_suite.py::test_fail [[]failed[]]: 9 layers inspected, 1 picture; flagged: conv2 (dead, channels [[]2, 5[]])",
-            "test_suite.py::test_pass [[]passed[]]: 9 layers inspected, 3 pictures",
+            "test_suite.py::test_fail [[]failed[]]: 10 layers inspected, 1 picture; flagged: conv2 (dead, channels [[]2, 5[]])",
+            "test_suite.py::test_pass [[]passed[]]: 10 layers inspected, 3 pictures",
             f"gallery: {suite.path / 'gal' / 'index.html'}",
         ]
     )
