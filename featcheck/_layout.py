@@ -55,18 +55,22 @@ _CHANNELS_FIRST: tuple[type, ...] = (
     nn.Dropout3d,
 )
 _CHANNELS_FIRST_NAMES = frozenset({"LayerNorm2d", "FrozenBatchNorm2d"})
-_CHANNELS_LAST: tuple[type, ...] = (
-    nn.Linear,
-    nn.Bilinear,
-    nn.LayerNorm,
-    nn.Embedding,
-    nn.EmbeddingBag,
+# torch's fused attention and transformer modules (channels last; see also _recorder)
+FUSED: tuple[type, ...] = (
     nn.MultiheadAttention,
     nn.TransformerEncoderLayer,
     nn.TransformerDecoderLayer,
     nn.TransformerEncoder,
     nn.TransformerDecoder,
     nn.Transformer,
+)
+_CHANNELS_LAST: tuple[type, ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.LayerNorm,
+    nn.Embedding,
+    nn.EmbeddingBag,
+    *FUSED,
 ) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
 

@@ -148,14 +148,7 @@ def default_batchnorm(model: nn.Module) -> list[str]:
 _quiet = torch._C.DisableTorchFunction
 
 # torch's fused modules: an active mode switches off their fast paths and changes their output.
-_FUSED: tuple[type, ...] = (
-    nn.MultiheadAttention,
-    nn.TransformerEncoderLayer,
-    nn.TransformerDecoderLayer,
-    nn.TransformerEncoder,
-    nn.TransformerDecoder,
-    nn.Transformer,
-)
+_FUSED = _layout.FUSED
 # A frame marking that a fused module took the op mode off the stack.
 _PAUSED = ("(mode paused)", False)
 
