@@ -12,7 +12,11 @@ from featcheck import _stats
 
 
 def reference(x: torch.Tensor, cdim: int) -> dict[str, np.ndarray]:
-    a = np.moveaxis(x.double().numpy(), cdim, -1).reshape(-1, x.shape[cdim])
+    return per_channel(np.moveaxis(x.double().numpy(), cdim, -1).reshape(-1, x.shape[cdim]))
+
+
+def per_channel(a: np.ndarray) -> dict[str, np.ndarray]:
+    """numpy statistics of the columns of ``a`` (rows: values, columns: channels)."""
     fin = np.isfinite(a)
     masked = np.where(fin, a, np.nan)
     return {
@@ -178,17 +182,7 @@ def reference_exact(
     squares of float64 data of 1e300, no underflow in those of 1e-300."""
     data = (x.float() if x.dtype == torch.bfloat16 else x).numpy().astype(np.longdouble)
     a = np.moveaxis(data, cdim, -1).reshape(-1, x.shape[cdim])
-    fin = np.isfinite(a)
-    masked = np.where(fin, a, np.nan)
-    want = {
-        "min": np.nanmin(masked, 0),
-        "max": np.nanmax(masked, 0),
-        "mean": np.nanmean(masked, 0),
-        "std": np.nanstd(masked, 0),
-        "zero_fraction": (a == 0).mean(0),
-        "nonfinite": (~fin).sum(0),
-        "count": np.full(a.shape[1], a.shape[0]),
-    }
+    want = per_channel(a)
     if bounds is not None:
         eps = tol * (bounds[1] - bounds[0])
         want["lower_fraction"] = (a <= bounds[0] + eps).mean(0)
