@@ -128,8 +128,305 @@ static PyObject *chanstats(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* chanexact(data, A, C, B, out, lo, hi, bounded, idx): the exact block of channels of a
+ * C-contiguous float32 [A, C, B] buffer, in the row order of featcheck._stats.ROWS (finite count,
+ * mean, sd, min, max, zeros, non-finite, at lower bound, at upper bound), written to the columns
+ * of out, a writable float64 buffer of 9 x C. idx is None for every channel, or a buffer of int64
+ * channel indices (only those columns are written). Used for small maps, where per-call overhead
+ * dominates, and for the channels the fast kernel cannot get right.
+ *
+ * Sums are kept in double: every float32 value, its square and the sum of up to 2^60 of them are
+ * finite normal doubles (|x| < 2^128, squares < 2^256; the smallest square, 2^-298, is far above
+ * double's normal range), so nothing overflows or underflows. One pass gives the sum and the sum
+ * of squares; the variance from them, q/n - mean^2, carries an absolute error of about
+ * n * 2^-53 * q/n, so a channel whose variance is below n * 2^-33 times its mean square (relative
+ * error above 2^-20) is recomputed from deviations in a second pass. A non-finite value makes the
+ * sums non-finite (finite ones cannot overflow): such a channel is recomputed with non-finite
+ * values counted and left out. Bound counts compare the float32 values with the float32-rounded
+ * thresholds lo and hi (as torch compares a float32 tensor with a number); NaN counts at neither. */
+typedef struct { double n, s, q, z, lo, hi, d; float mn, mx; } exact_acc;
+
+/* One channel's first pass: rows a = 0..A-1 of B values, at p + a * stride. */
+#ifdef FC_X86
+/* 8 values at a time, vector accumulators kept across the channel's rows: float32 min, max and
+ * counts (int32 lanes: fewer than 2^31 values per lane), double sums. Returns 0 when it did
+ * nothing (rows of fewer than 8 values or a channel too long for the lane counts). */
+__attribute__((target("avx2,fma")))
+static int exact_channel_avx2(const float *p, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t length,
+                              exact_acc *st, float tl, float th, int bounded) {
+    if (length < 8 || (double)rows * (double)length >= 0x1p33) return 0;
+    const __m256 zero = _mm256_setzero_ps(), vtl = _mm256_set1_ps(tl), vth = _mm256_set1_ps(th);
+    __m256 mn = _mm256_set1_ps(INFINITY), mx = _mm256_set1_ps(-INFINITY);
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0, q0 = s0, q1 = s0;
+    __m256i z = _mm256_setzero_si256(), cl = z, ch = z;
+    double ts = 0.0, tq = 0.0;
+    float tmn = INFINITY, tmx = -INFINITY;
+    Py_ssize_t tz = 0, tcl = 0, tch = 0;
+    for (Py_ssize_t a = 0; a < rows; a++) {
+        const float *r = p + a * stride;
+        Py_ssize_t i = 0;
+        for (; i + 8 <= length; i += 8) {
+            __m256 v = _mm256_loadu_ps(r + i);
+            __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+            s0 = _mm256_add_pd(s0, lo); s1 = _mm256_add_pd(s1, hi);
+            q0 = _mm256_fmadd_pd(lo, lo, q0); q1 = _mm256_fmadd_pd(hi, hi, q1);
+            mn = _mm256_min_ps(mn, v); mx = _mm256_max_ps(mx, v);
+            z = _mm256_sub_epi32(z, _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_EQ_OQ)));
+            if (bounded) {
+                cl = _mm256_sub_epi32(cl, _mm256_castps_si256(_mm256_cmp_ps(v, vtl, _CMP_LE_OQ)));
+                ch = _mm256_sub_epi32(ch, _mm256_castps_si256(_mm256_cmp_ps(v, vth, _CMP_GE_OQ)));
+            }
+        }
+        for (; i < length; i++) {  /* the row's tail */
+            float v = r[i];
+            ts += v; tq += (double)v * v;
+            tmn = v < tmn ? v : tmn; tmx = v > tmx ? v : tmx;
+            tz += (v == 0.0f);
+            if (bounded) { tcl += (v <= tl); tch += (v >= th); }
+        }
+    }
+    double sd[4], qd[4];
+    float mnv[8], mxv[8];
+    int32_t zi[8], li[8], hv[8];
+    _mm256_storeu_pd(sd, _mm256_add_pd(s0, s1));
+    _mm256_storeu_pd(qd, _mm256_add_pd(q0, q1));
+    _mm256_storeu_ps(mnv, mn); _mm256_storeu_ps(mxv, mx);
+    _mm256_storeu_si256((__m256i *)zi, z); _mm256_storeu_si256((__m256i *)li, cl); _mm256_storeu_si256((__m256i *)hv, ch);
+    st->s = ts + (sd[0] + sd[1]) + (sd[2] + sd[3]);
+    st->q = tq + (qd[0] + qd[1]) + (qd[2] + qd[3]);
+    for (int k = 0; k < 8; k++) {
+        /* a NaN leaves a lane's min or max undefined: the sums are NaN too, and the channel is
+         * recomputed by the careful passes */
+        tmn = mnv[k] < tmn ? mnv[k] : tmn;
+        tmx = mxv[k] > tmx ? mxv[k] : tmx;
+        tz += zi[k]; tcl += li[k]; tch += hv[k];
+    }
+    st->mn = tmn; st->mx = tmx;
+    st->z = (double)tz; st->lo = (double)tcl; st->hi = (double)tch;
+    return 1;
+}
+#endif
+
+#ifdef FC_X86
+/* Eight channels c0..c0+7 at once, one per lane, for rows shorter than 8 values (where a channel at
+ * a time would spend its time on bookkeeping, not values): lane j reads channel c0 + j's values,
+ * B floats apart, with a gather (B == 1: one plain load). Fills acc[0..7]. */
+__attribute__((target("avx2,fma")))
+static void exact_group_avx2(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c0,
+                             exact_acc *acc, float tl, float th, int bounded) {
+    const __m256 zero = _mm256_setzero_ps(), vtl = _mm256_set1_ps(tl), vth = _mm256_set1_ps(th);
+    const __m256i lanes = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)b_n));
+    __m256 mn = _mm256_set1_ps(INFINITY), mx = _mm256_set1_ps(-INFINITY);
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0, q0 = s0, q1 = s0;
+    __m256i z = _mm256_setzero_si256(), cl = z, ch = z;
+    for (Py_ssize_t a = 0; a < a_n; a++) {
+        const float *r = x + (a * c_n + c0) * b_n;
+        for (Py_ssize_t i = 0; i < b_n; i++) {
+            __m256 v = b_n == 1 ? _mm256_loadu_ps(r) : _mm256_i32gather_ps(r + i, lanes, 4);
+            __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+            s0 = _mm256_add_pd(s0, lo); s1 = _mm256_add_pd(s1, hi);
+            q0 = _mm256_fmadd_pd(lo, lo, q0); q1 = _mm256_fmadd_pd(hi, hi, q1);
+            mn = _mm256_min_ps(mn, v); mx = _mm256_max_ps(mx, v);
+            z = _mm256_sub_epi32(z, _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_EQ_OQ)));
+            if (bounded) {
+                cl = _mm256_sub_epi32(cl, _mm256_castps_si256(_mm256_cmp_ps(v, vtl, _CMP_LE_OQ)));
+                ch = _mm256_sub_epi32(ch, _mm256_castps_si256(_mm256_cmp_ps(v, vth, _CMP_GE_OQ)));
+            }
+        }
+    }
+    double sd[8], qd[8];
+    float mnv[8], mxv[8];
+    int32_t zi[8], li[8], hv[8];
+    _mm256_storeu_pd(sd, s0); _mm256_storeu_pd(sd + 4, s1);
+    _mm256_storeu_pd(qd, q0); _mm256_storeu_pd(qd + 4, q1);
+    _mm256_storeu_ps(mnv, mn); _mm256_storeu_ps(mxv, mx);
+    _mm256_storeu_si256((__m256i *)zi, z); _mm256_storeu_si256((__m256i *)li, cl); _mm256_storeu_si256((__m256i *)hv, ch);
+    for (int j = 0; j < 8; j++) {
+        acc[j].s = sd[j]; acc[j].q = qd[j]; acc[j].mn = mnv[j]; acc[j].mx = mxv[j];
+        acc[j].z = zi[j]; acc[j].lo = li[j]; acc[j].hi = hv[j];
+    }
+}
+#endif
+
+static int exact_wide = -1;
+
+static void exact_channel(const float *p, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t length,
+                          exact_acc *st, float tl, float th, int bounded) {
+#ifdef FC_X86
+    if (exact_wide && exact_channel_avx2(p, rows, stride, length, st, tl, th, bounded)) return;
+#endif
+    double s0 = 0.0, s1 = 0.0, q0 = 0.0, q1 = 0.0;
+    float mn = INFINITY, mx = -INFINITY;
+    Py_ssize_t z = 0, cl = 0, ch = 0;
+    for (Py_ssize_t a = 0; a < rows; a++) {
+        const float *r = p + a * stride;
+        Py_ssize_t i = 0;
+        for (; i + 2 <= length; i += 2) {  /* two chains: the adds' latency bounds the loop */
+            float u = r[i], v = r[i + 1];
+            s0 += u; s1 += v;
+            q0 += (double)u * u; q1 += (double)v * v;
+            mn = u < mn ? u : mn; mn = v < mn ? v : mn;
+            mx = u > mx ? u : mx; mx = v > mx ? v : mx;
+            z += (u == 0.0f) + (v == 0.0f);
+            if (bounded) { cl += (u <= tl) + (v <= tl); ch += (u >= th) + (v >= th); }
+        }
+        for (; i < length; i++) {
+            float u = r[i];
+            s0 += u; q0 += (double)u * u;
+            mn = u < mn ? u : mn; mx = u > mx ? u : mx;
+            z += (u == 0.0f);
+            if (bounded) { cl += (u <= tl); ch += (u >= th); }
+        }
+    }
+    st->s = s0 + s1; st->q = q0 + q1; st->mn = mn; st->mx = mx;
+    st->z = (double)z; st->lo = (double)cl; st->hi = (double)ch;
+}
+
+/* the careful passes for a channel with non-finite values */
+static void finite_row(const float *p, Py_ssize_t length, exact_acc *st) {
+    for (Py_ssize_t i = 0; i < length; i++) {
+        float v = p[i];
+        if (!isfinite(v)) continue;
+        st->n += 1.0; st->s += v;
+        st->mn = v < st->mn ? v : st->mn;
+        st->mx = v > st->mx ? v : st->mx;
+    }
+}
+
+static void deviation_row(const float *p, Py_ssize_t length, exact_acc *st, double mean) {
+    for (Py_ssize_t i = 0; i < length; i++) {
+        float v = p[i];
+        if (!isfinite(v)) continue;
+        double d = (double)v - mean;
+        st->d += d;
+        st->q += d * d;
+    }
+}
+
+static PyObject *chanexact(PyObject *self, PyObject *args) {
+    Py_buffer data, out, idx = {0};
+    Py_ssize_t a_n, c_n, b_n;
+    double lo, hi;
+    int bounded;
+    PyObject *idx_obj;
+    if (!PyArg_ParseTuple(args, "y*nnnw*ddpO", &data, &a_n, &c_n, &b_n, &out, &lo, &hi, &bounded, &idx_obj))
+        return NULL;
+    int have_idx = idx_obj != Py_None;
+    if (have_idx && PyObject_GetBuffer(idx_obj, &idx, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&data); PyBuffer_Release(&out);
+        return NULL;
+    }
+    Py_ssize_t k_n = have_idx ? idx.len / (Py_ssize_t)sizeof(int64_t) : c_n;
+    const int64_t *ix = have_idx ? (const int64_t *)idx.buf : NULL;
+    int bad = a_n < 1 || c_n < 1 || b_n < 1 || a_n * c_n * b_n * (Py_ssize_t)sizeof(float) > data.len ||
+              out.len < 9 * c_n * (Py_ssize_t)sizeof(double);
+    for (Py_ssize_t k = 0; !bad && k < (have_idx ? k_n : 0); k++)
+        bad = ix[k] < 0 || ix[k] >= c_n;
+    exact_acc *acc = bad ? NULL : PyMem_RawMalloc((size_t)(k_n + 1) * sizeof(exact_acc));
+    if (acc == NULL) {
+        PyBuffer_Release(&data); PyBuffer_Release(&out);
+        if (have_idx) PyBuffer_Release(&idx);
+        if (bad) { PyErr_SetString(PyExc_ValueError, "chanexact: buffer sizes or indices do not match A, C, B"); return NULL; }
+        return PyErr_NoMemory();
+    }
+    const float *x = (const float *)data.buf;
+    double *o = (double *)out.buf;
+    float tl = (float)lo, th = (float)hi;
+    double total = (double)a_n * (double)b_n;
+#ifdef FC_X86
+    if (exact_wide < 0) exact_wide = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    exact_wide = 0;
+#endif
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < k_n; k++)
+        acc[k] = (exact_acc){total, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, INFINITY, -INFINITY};
+    Py_ssize_t grouped = 0;  /* channels already reduced eight at a time */
+#ifdef FC_X86
+    if (exact_wide && !have_idx && b_n < 8 && (double)a_n * (double)b_n < 0x1p31)
+        for (; grouped + 8 <= k_n; grouped += 8)
+            exact_group_avx2(x, a_n, c_n, b_n, grouped, &acc[grouped], tl, th, bounded);
+#endif
+    for (Py_ssize_t k = 0; k < k_n; k++) {
+        exact_acc *st = &acc[k];
+        Py_ssize_t c = have_idx ? ix[k] : k;
+        /* channel by channel: per-row bookkeeping would cost more than small rows' values */
+        if (k >= grouped) exact_channel(x + c * b_n, a_n, c_n * b_n, b_n, st, tl, th, bounded);
+        int finite = isfinite(st->s) && isfinite(st->q);
+        double n = st->n, mean = st->s / n, var = st->q / n - mean * mean;
+        if (!finite) {  /* count the finite values, then their sum, min and max */
+            st->n = 0.0; st->s = 0.0; st->mn = INFINITY; st->mx = -INFINITY;
+            for (Py_ssize_t a = 0; a < a_n; a++) finite_row(x + (a * c_n + c) * b_n, b_n, st);
+            n = st->n;
+            mean = n > 0 ? st->s / n : 0.0;
+        }
+        if (n > 0 && st->mn == st->mx) {
+            var = 0.0;
+        } else if (n > 0 && (!finite || !(var > n * 0x1p-33 * (st->q / n)))) {
+            st->d = 0.0; st->q = 0.0;
+            for (Py_ssize_t a = 0; a < a_n; a++) deviation_row(x + (a * c_n + c) * b_n, b_n, st, mean);
+            var = (st->q - st->d * st->d / n) / n;
+        }
+        if (n > 0) {
+            if (mean < st->mn) mean = st->mn;
+            if (mean > st->mx) mean = st->mx;
+        }
+        o[c] = n;
+        o[c_n + c] = n > 0 ? mean : 0.0;
+        o[2 * c_n + c] = n > 0 && var > 0 ? sqrt(var) : 0.0;
+        o[3 * c_n + c] = st->mn;
+        o[4 * c_n + c] = st->mx;
+        o[5 * c_n + c] = st->z;
+        o[6 * c_n + c] = total - n;
+        o[7 * c_n + c] = st->lo;
+        o[8 * c_n + c] = st->hi;
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(acc);
+    PyBuffer_Release(&data); PyBuffer_Release(&out);
+    if (have_idx) PyBuffer_Release(&idx);
+    Py_RETURN_NONE;
+}
+
+/* chanexact_nd(array, cdim, out, lo, hi, bounded): chanexact of a C-contiguous float32 array of
+ * any shape with channels on dimension cdim (-1: the whole array is one channel), so that the
+ * caller need not build the [A, C, B] view (2 us in Python, as much as a small map's reduction). */
+static PyObject *chanexact_nd(PyObject *self, PyObject *args) {
+    PyObject *arr, *out;
+    Py_ssize_t cdim;
+    double lo, hi;
+    int bounded;
+    if (!PyArg_ParseTuple(args, "OnOddp", &arr, &cdim, &out, &lo, &hi, &bounded))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arr, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    int ok = view.format != NULL && view.format[0] == 'f' && view.format[1] == 0 && view.itemsize == 4 &&
+             cdim >= -1 && cdim < (view.ndim > 0 ? view.ndim : 1);
+    Py_ssize_t a_n = 1, c_n = 1, b_n = 1;
+    for (int d = 0; ok && d < view.ndim; d++) {
+        Py_ssize_t n = view.shape[d];
+        if (cdim < 0) a_n *= n;
+        else if (d < cdim) a_n *= n;
+        else if (d == cdim) c_n = n;
+        else b_n *= n;
+    }
+    PyBuffer_Release(&view);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "chanexact_nd: expected a float32 array and a channel dimension within its rank");
+        return NULL;
+    }
+    PyObject *call = Py_BuildValue("(OnnnOddiO)", arr, a_n, c_n, b_n, out, lo, hi, bounded, Py_None);
+    if (call == NULL) return NULL;
+    PyObject *res = chanexact(self, call);
+    Py_DECREF(call);
+    return res;
+}
+
 static PyMethodDef methods[] = {
+    {"chanexact_nd", chanexact_nd, METH_VARARGS, "chanexact of a C-contiguous float32 array with channels on one dimension."},
     {"chanstats", chanstats, METH_VARARGS, "Per-channel min, max, sum, sum of squares and non-zero count."},
+    {"chanexact", chanexact, METH_VARARGS, "Exact per-channel statistics block of float32 data."},
     {NULL, NULL, 0, NULL},
 };
 

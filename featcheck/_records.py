@@ -103,6 +103,7 @@ class LayerCapture:
         self.sample_step: tuple[int, ...] = ()
         self.note = ""
         self._acc = _stats.Accumulator(channels)
+        self._layout: tuple[Any, ...] = ()  # (shape, dtype, input size) of the last call committed
         self._stats: dict[str, np.ndarray] | None = None
 
     @property

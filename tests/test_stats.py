@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -166,6 +167,35 @@ def test_big_maps_split_across_threads_match_numpy(monkeypatch: pytest.MonkeyPat
         torch.set_num_threads(threads)
 
 
+@KERNEL
+@pytest.mark.filterwarnings("ignore:.*(slice|empty):RuntimeWarning")  # numpy on the NaN channel
+@pytest.mark.parametrize("bounds", [None, (0.0, 1.0)])
+def test_the_exact_kernel_matches_numpy_for_all_or_some_channels(bounds) -> None:
+    x = awkward((3, 9, 5, 7), 1)
+    x[0, 4, 0, :3] = torch.tensor([math.nan, math.inf, -math.inf])
+    x[:, 5] = math.nan  # a channel with no finite value
+    x[1, 6] = 1.0  # values exactly at a bound
+    a, c, b = 3, 9, 35
+    tol = 0.01
+    want = reference_exact(x, 1, bounds, tol)
+    out = _stats._exact_kernel(x.view(a, c, b), bounds, tol)
+    acc = _stats.Accumulator(c)
+    acc.add(out)
+    got = acc.stats()
+    for k, v in want.items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-12, atol=1e-12, err_msg=k)
+    # some channels only: the other columns are left as they were
+    part = np.full((len(_stats.ROWS), c), 7.0)
+    idx = np.array([8, 0, 5], dtype=np.int64)
+    _stats._exact_kernel(x.view(a, c, b), bounds, tol, part, idx)
+    np.testing.assert_array_equal(part[:, idx], out[:, idx])
+    assert (np.delete(part, idx, axis=1) == 7.0).all()
+    with pytest.raises(ValueError, match="indices"):
+        _stats._exact_kernel(x.view(a, c, b), bounds, tol, part, np.array([9], dtype=np.int64))
+    with pytest.raises(ValueError, match="buffer sizes"):
+        _stats._fast.chanexact(x.view(a, c, b).numpy(), a, c, b + 1, part, 0.0, 0.0, False, None)
+
+
 def test_without_the_kernel_the_torch_reductions_give_the_same_statistics(monkeypatch: pytest.MonkeyPatch) -> None:
     x = awkward((4, 6, 9, 7), 1)
     monkeypatch.setattr(_stats, "_fast", None)
@@ -243,7 +273,7 @@ EXTREMES = {
 }
 
 
-@pytest.mark.parametrize("path", ["fast", "torch", "exact"])
+@pytest.mark.parametrize("path", ["small", "fast", "torch", "exact"])
 @pytest.mark.parametrize("case", list(EXTREMES))
 def test_finite_data_of_any_dtype_and_magnitude_gives_finite_correct_statistics(
     case: str, path: str, monkeypatch: pytest.MonkeyPatch
@@ -252,6 +282,8 @@ def test_finite_data_of_any_dtype_and_magnitude_gives_finite_correct_statistics(
     x = channels_at(dtype, scales, offsets)
     if path == "torch":
         monkeypatch.setattr(_stats, "_fast", None)
+    elif path == "fast":  # small maps take the exact kernel outright: force the one-pass kernel
+        monkeypatch.setattr(_stats, "_SMALL", 0)
     block = _stats.reduce_robust(x, 1) if path == "exact" else _stats.reduce(x, 1)
     acc = _stats.Accumulator(x.shape[1])
     acc.add(np.asarray(block))
