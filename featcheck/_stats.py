@@ -49,6 +49,8 @@ try:  # the optional C kernel (featcheck/_fast.c), built at install time when a 
     from . import _fast
 except ImportError:  # pragma: no cover - exercised on machines without a compiler
     _fast = None
+if _fast is not None and not hasattr(_fast, "chanexact_ptr"):
+    _fast = None  # a stale build from an older _fast.c (an editable install not rebuilt): not used
 
 # Rows of the per-call block: finite count, mean, standard deviation (population, of the finite
 # values; kept rather than the sum of squared deviations, which overflows float64 for data of
@@ -381,9 +383,7 @@ def reduce(
         if bounds is not None:
             eps = tol * (bounds[1] - bounds[0])
             lo, hi = bounds[0] + eps, bounds[1] - eps
-        if x.requires_grad:
-            x = x.detach()
-        _fast.chanexact_nd(x.numpy(), -1 if cdim is None else cdim, out, lo, hi, bounds is not None)
+        _fast.chanexact_ptr(x.data_ptr(), x.shape, -1 if cdim is None else cdim, out, lo, hi, bounds is not None)
         return out
     _check_reducible(x)
     channels = 1 if cdim is None else x.shape[cdim]
