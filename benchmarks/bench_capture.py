@@ -10,9 +10,16 @@ median over rounds of the per-round ratio to that round's bare forward. Peak mem
 in a fresh process per variant (VmHWM, reset after set-up).
 
 Small case (``--small``): torchvision mobilenet_v3_small, batch 2, 64x64, one thread, where the
-fixed cost per record shows, in microseconds: for module records ``(module-only capture - bare)
-/ module records``, for op records ``(module + op capture - module-only capture) / op records``,
-each the median of the per-round differences.
+fixed cost per record shows, in microseconds, each the median of the per-round differences:
+
+* per capture: for module records ``(module-only capture - bare) / module records``, for op
+  records ``(module + op capture - module-only capture) / op records`` (which includes the op
+  mode's pass over every module and torch call, spread over the few op records), and for all
+  records ``(module + op capture - bare) / records``. A capture also pays, once, for its set-up
+  (selection, the model-state snapshot and restore, the rendering samples of the first forward).
+* per forward under ``watch`` (``watch_modules``, ``watch_ops``: one forward inside an open
+  ``featcheck.watch`` block, on its own copy of the model): what each record costs every forward,
+  ``(watch forward - bare) / records``.
 
     python benchmarks/bench_capture.py [--repeat 7] [--threads N] [--small]
 """
@@ -20,6 +27,9 @@ each the median of the per-round differences.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy as copy_module
+import functools
 import gc
 import json
 import statistics
@@ -39,6 +49,7 @@ except ImportError:
     torchlens = None
 
 VARIANTS = ("bare", "modules", "ops", "clone_all")
+WATCH = ("watch_modules", "watch_ops")  # timed only: their set-up happens outside the timing
 
 
 def setup(small: bool) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -77,6 +88,11 @@ def runner(variant: str, model: torch.nn.Module, x: torch.Tensor) -> Callable[[]
     return clone_all
 
 
+def _forward(model: torch.nn.Module, x: torch.Tensor) -> object:
+    with torch.no_grad():
+        return model(x)
+
+
 def _rss_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -112,9 +128,14 @@ def main() -> None:
         child(args.child, args.small)
         return
     model, x = setup(args.small)
-    variants = list(VARIANTS) + (["torchlens"] if torchlens is not None and not args.small else [])
-    runs = {v: runner(v, model, x) for v in variants}
+    variants = list(VARIANTS) + list(WATCH) + (["torchlens"] if torchlens is not None and not args.small else [])
+    runs = {v: runner(v, model, x) for v in variants if v not in WATCH}
     records = {"modules": len(featcheck.capture(model, x, ops=False)), "ops": len(featcheck.capture(model, x))}
+    blocks = contextlib.ExitStack()
+    for v, ops in zip(WATCH, (False, True)):
+        copy = copy_module.deepcopy(model)  # one inspection per model at a time: each its own copy
+        blocks.enter_context(featcheck.watch(copy, ops=ops))
+        runs[v] = functools.partial(_forward, copy, x)
     for v in variants:  # warm-up
         runs[v]()
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -125,6 +146,7 @@ def main() -> None:
             t = time.perf_counter()
             runs[v]()
             times[v].append(time.perf_counter() - t)
+    blocks.close()
     mem = {}
     if not args.no_memory:
         for v in VARIANTS:
@@ -140,17 +162,27 @@ def main() -> None:
     # Fixed cost per record, as the median over rounds of the per-round difference: module
     # records against the bare forward, op records against module-only capture (their marginal
     # cost, including the mode's pass over every torch call).
+    def per_record(a: str, b: str, n: int) -> float:
+        return statistics.median(p - q for p, q in zip(times[a], times[b])) / max(1, n)
+
+    n_ops = records["ops"] - records["modules"]
     extra = {
-        "modules": statistics.median(m - b for m, b in zip(times["modules"], times["bare"])) / records["modules"],
-        "ops": statistics.median(o - m for o, m in zip(times["ops"], times["modules"]))
-        / max(1, records["ops"] - records["modules"]),
+        "modules": per_record("modules", "bare", records["modules"]),
+        "ops": per_record("ops", "modules", n_ops),
+        "watch_modules": per_record("watch_modules", "bare", records["modules"]),
+        "watch_ops": per_record("watch_ops", "bare", records["ops"]),
     }
-    print(f"{'variant':<10} {'best ms':>8} {'x bare':>7} {'median x':>9} {'us/record':>10} {'peak MiB':>9} {'x bare':>7}")
+    print(
+        f"fixed cost per record: capture {per_record('ops', 'bare', records['ops']) * 1e6:.1f} us "
+        f"(all records), per forward under watch {extra['watch_ops'] * 1e6:.1f} us (all records), "
+        f"{extra['watch_modules'] * 1e6:.1f} us (module records, ops=False)"
+    )
+    print(f"{'variant':<14} {'best ms':>8} {'x bare':>7} {'median x':>9} {'us/record':>10} {'peak MiB':>9} {'x bare':>7}")
     for v in variants:
         best = min(times[v])
         ratios = [t / b for t, b in zip(times[v], times["bare"])]
-        per_record = f"{extra[v] * 1e6:10.1f}" if v in extra else f"{'':>10}"
-        line = f"{v:<10} {best * 1e3:8.1f} {best / bare:7.2f} {statistics.median(ratios):9.2f} {per_record}"
+        per_rec = f"{extra[v] * 1e6:10.1f}" if v in extra else f"{'':>10}"
+        line = f"{v:<14} {best * 1e3:8.1f} {best / bare:7.2f} {statistics.median(ratios):9.2f} {per_rec}"
         if v in mem:
             peak, bpeak = mem[v]["peak_kib"] / 1024, mem["bare"]["peak_kib"] / 1024
             line += f" {peak:9.0f} {peak / bpeak:7.2f}"

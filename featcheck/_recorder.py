@@ -85,26 +85,28 @@ def _flatten(obj: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, to
 def _sample(t: torch.Tensor, cdim: int | None) -> tuple[torch.Tensor, tuple[int, ...]]:
     if t.ndim == 0:
         return t.detach().reshape(1).to("cpu", torch.float32, copy=True), ()
-    s = t[0]
+    s = t.detach()[0]
     if cdim is None:
         if s.ndim == 0:
-            return s.detach().reshape(1).to("cpu", torch.float32, copy=True), ()
+            return s.reshape(1).to("cpu", torch.float32, copy=True), ()
         s = s.unsqueeze(0)  # an operation's output without channels (a mean over them): one
     elif cdim != 1:
         s = s.movedim(cdim - 1, 0)
-    spatial = s.shape[1:]
-    steps = [1] * len(spatial)
-    if len(spatial) == 1:
+    shape = s.shape
+    ndim = len(shape)
+    if ndim == 2:
         cap = _SAMPLE_MAX_1D
     else:
-        cap = max(_SAMPLE_MIN_POSITIONS, min(SAMPLE_MAX_POSITIONS, SAMPLE_MAX_VALUES // max(1, s.shape[0])))
-    if spatial and math.prod(spatial) > cap:
+        cap = max(_SAMPLE_MIN_POSITIONS, min(SAMPLE_MAX_POSITIONS, SAMPLE_MAX_VALUES // max(1, shape[0])))
+    steps: tuple[int, ...] = (1,) * (ndim - 1)
+    if ndim > 1 and s.numel() > cap * shape[0]:  # more positions than the cap: subsample
+        spatial = shape[1:]
         side = max(1, int(cap ** (1 / len(spatial))))
-        steps = [max(1, math.ceil(n / side)) for n in spatial]
+        steps = tuple(max(1, math.ceil(n / side)) for n in spatial)
         s = s[(slice(None), *(slice(None, None, st) for st in steps))]
-    if s.device.type == "cpu" and s.dtype == torch.float32:
-        return s.detach().clone(), tuple(steps)
-    return s.detach().to("cpu", torch.float32, copy=True), tuple(steps)
+    if s.is_cpu and s.dtype is torch.float32:
+        return s.clone(), steps
+    return s.to("cpu", torch.float32, copy=True), steps
 
 
 def _spatial_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, ...] | None:

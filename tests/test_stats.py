@@ -170,12 +170,17 @@ def test_big_maps_split_across_threads_match_numpy(monkeypatch: pytest.MonkeyPat
 @KERNEL
 @pytest.mark.filterwarnings("ignore:.*(slice|empty):RuntimeWarning")  # numpy on the NaN channel
 @pytest.mark.parametrize("bounds", [None, (0.0, 1.0)])
-def test_the_exact_kernel_matches_numpy_for_all_or_some_channels(bounds) -> None:
-    x = awkward((3, 9, 5, 7), 1)
-    x[0, 4, 0, :3] = torch.tensor([math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize(
+    "shape",  # rows of 35 (vector body and tail), and of 3 and 1 value (eight channels at a time)
+    [(3, 9, 5, 7), (3, 19, 3, 1), (4, 19, 1, 1)],
+)
+def test_the_exact_kernel_matches_numpy_for_all_or_some_channels(bounds, shape) -> None:
+    x = awkward(shape, 1)
+    x[0, 4, 0, :3] = torch.tensor([math.nan, math.inf, -math.inf])[: shape[3]]
     x[:, 5] = math.nan  # a channel with no finite value
     x[1, 6] = 1.0  # values exactly at a bound
-    a, c, b = 3, 9, 35
+    x[2, 8] = 1e30  # magnitudes whose squares overflow float32
+    a, c, b = shape[0], shape[1], shape[2] * shape[3]
     tol = 0.01
     want = reference_exact(x, 1, bounds, tol)
     out = _stats._exact_kernel(x.view(a, c, b), bounds, tol)
@@ -186,12 +191,12 @@ def test_the_exact_kernel_matches_numpy_for_all_or_some_channels(bounds) -> None
         np.testing.assert_allclose(got[k], v, rtol=1e-12, atol=1e-12, err_msg=k)
     # some channels only: the other columns are left as they were
     part = np.full((len(_stats.ROWS), c), 7.0)
-    idx = np.array([8, 0, 5], dtype=np.int64)
+    idx = np.array([8, 0, 5, c - 1], dtype=np.int64)
     _stats._exact_kernel(x.view(a, c, b), bounds, tol, part, idx)
     np.testing.assert_array_equal(part[:, idx], out[:, idx])
     assert (np.delete(part, idx, axis=1) == 7.0).all()
     with pytest.raises(ValueError, match="indices"):
-        _stats._exact_kernel(x.view(a, c, b), bounds, tol, part, np.array([9], dtype=np.int64))
+        _stats._exact_kernel(x.view(a, c, b), bounds, tol, part, np.array([c], dtype=np.int64))
     with pytest.raises(ValueError, match="buffer sizes"):
         _stats._fast.chanexact(x.view(a, c, b).numpy(), a, c, b + 1, part, 0.0, 0.0, False, None)
 
