@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (through :class:`CLIError`), like every other."""
 
     def error(self, message: str) -> Any:  # argparse's signature says NoReturn
-        raise CLIError(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise CLIError(f"{message} (see {self.prog} --help)")
 
 
 class _Progress:
@@ -136,11 +136,12 @@ class _Check:
     flagged: list[tuple[Any, list[int], str]] = field(default_factory=list)
 
 
-def _build(args: argparse.Namespace, progress: _Progress) -> tuple[Any, Any]:
+def _build(spec: str, args: argparse.Namespace, progress: _Progress) -> tuple[Any, Any]:
+    """The model ``spec`` names, built with the model options, and its input."""
     from ._cli_load import load_model, make_input, parse_args_pairs
 
-    progress(f"building {args.spec}")
-    loaded = load_model(args.spec, parse_args_pairs(args.arg), args.weights, args.trust_pickle)
+    progress(f"building {spec}")
+    loaded = load_model(spec, parse_args_pairs(args.arg), args.weights, args.trust_pickle)
     model_input = make_input(loaded.model, args.input, args.image, args.tokens, args.image_size)
     if args.calibrate:
         _calibrate(loaded.model, model_input, args.calibrate, progress)
@@ -208,7 +209,8 @@ def _run_checks(cap: Any) -> list[_Check]:
         except FeatcheckAssertionError as exc:
             out.append(_Check(title, "failed", str(exc), exc.flagged))
         else:
-            out.append(_Check(title, "passed", f"{len(cap)} layers"))
+            checked = sum(lc.bounds is not None for lc in cap.values()) if title == "saturation" else len(cap)
+            out.append(_Check(title, "passed", _plural(checked, "layer")))
     return out
 
 
@@ -328,7 +330,7 @@ def _inspect(args: argparse.Namespace, out: IO[str], progress: _Progress) -> int
         _report.check_gallery_dir(directory, option="--out")
     except pytest.UsageError as exc:
         raise CLIError(str(exc)) from None
-    loaded, model_input = _build(args, progress)
+    loaded, model_input = _build(args.spec, args, progress)
     cap, caught = _capture(loaded, model_input, args.layers, args.ops, progress)
     progress("checking")
     checks = _run_checks(cap)
@@ -357,7 +359,8 @@ def _summary(out: IO[str], loaded: Any, model_input: Any, args: argparse.Namespa
     write(f"featcheck inspect {loaded.description}, {_count(params)} parameters\n")
     calibrated = f"; BatchNorm calibrated on {args.calibrate} random batches" if args.calibrate else ""
     write(f"input: {model_input.description}{calibrated}\n")
-    write(f"{len(cap)} records ({len(cap) - ops} modules, {ops} operations), {cap.forwards} forward pass\n")
+    write(f"{_plural(len(cap), 'record')} ({_plural(len(cap) - ops, 'module')}, {_plural(ops, 'operation')}), "
+          f"{_plural(cap.forwards, 'forward pass', 'forward passes')}\n")
     marks: dict[str, list[str]] = {}
     for check in checks:
         for lc, channels, what in check.flagged:
@@ -377,6 +380,9 @@ def _summary(out: IO[str], loaded: Any, model_input: Any, args: argparse.Namespa
         write(f"  {label} {check.title}: {lines[0]}\n")
         for line in lines[1:]:
             write(f"            {line}\n")
+    verdicts = [c for c in checks if c.outcome == "failed" and c.title in ("dead channels", "saturation")]
+    if verdicts and cap.default_batchnorm and not args.calibrate:
+        write("hint: the BatchNorm layers hold their default running statistics; run again with --calibrate 8\n")
     write(f"gallery: {index} ({n_pictures} pictures; summary.json beside it)\n")
 
 
@@ -408,7 +414,7 @@ def _diff(args: argparse.Namespace, out: IO[str], progress: _Progress) -> int:
     if other.endswith(".json") and ":" not in other:
         new = _load_baseline(other)
     else:
-        loaded, model_input = _build(args, progress)
+        loaded, model_input = _build(other, args, progress)
         cap, _ = _capture(loaded, model_input, args.layers, bool(old.get("ops", False)), progress)
         layers = [_baselines.layer_entry(lc, stats=False) for lc in cap.values()]
         new = _baselines.document(layers, other, None, stats=False, ops=bool(old.get("ops", False)))
@@ -473,6 +479,10 @@ def _stride(stride: Sequence[float] | None) -> str:
     if stride is None:
         return "-"
     return f"{stride[0]:g}" if len(set(stride)) == 1 else "x".join(f"{s:g}" for s in stride)
+
+
+def _plural(n: int, noun: str, nouns: str | None = None) -> str:
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
 
 
 def _count(n: int) -> str:
