@@ -291,8 +291,9 @@ def _records(spec: str, cap: Any, checks: list[_Check], pictures: dict[str, Any]
     for check in sorted(checks, key=lambda c: order[c.outcome]):
         shown = list(dict.fromkeys(lc.name for lc, _, _ in check.flagged))
         extra = [] if check.outcome != "skipped" else [f"not checked: {check.message}"]
+        # a check's section lists what it flagged; the layer groups below list every layer
         records.append(_Record(
-            f"{spec} :: check: {check.title}", check.outcome, cap.names, flags(check.flagged),
+            f"{spec} :: check: {check.title}", check.outcome, [], flags(check.flagged),
             [pictures[n] for n in shown if n in pictures], sum(n not in pictures for n in shown),
             extra + (_bn_advice(cap) if check.outcome == "failed" and check.title != "finite values" else []),
         ))
