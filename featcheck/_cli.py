@@ -215,8 +215,9 @@ def _run_checks(cap: Any) -> list[_Check]:
 
 
 def _groups(names: list[str], cap: Any) -> list[tuple[str, list[str]]]:
-    """Layers grouped by their top-level module, in call order; neighbouring single layers (a
-    ResNet's stem: conv1, bn1, relu, maxpool) share one group named after its first and last."""
+    """Layers grouped by their top-level module, in call order; neighbouring top-level layers
+    that are alone in their group (a ResNet's stem: conv1, bn1, relu, maxpool) share one group,
+    named after its first and last layer."""
     runs: list[tuple[str, list[str]]] = []
     for name in names:
         top = cap[name].module_name.split(".")[0] or "(root)"
@@ -224,20 +225,14 @@ def _groups(names: list[str], cap: Any) -> list[tuple[str, list[str]]]:
             runs[-1][1].append(name)
         else:
             runs.append((top, [name]))
-    out: list[tuple[str, list[str]]] = []
+    out: list[tuple[str, list[str], bool]] = []  # (title, layers, a stretch of lone layers)
     for top, members in runs:
-        single = len(members) == 1 and not cap[members[0]].module_name.count(".")
-        if single and out and out[-1][0].startswith("\0"):
+        lone = len(members) == 1 and "." not in cap[members[0]].module_name
+        if lone and out and out[-1][2]:
             out[-1][1].extend(members)
         else:
-            out.append(("\0" + top if single else top, list(members)))
-    return [(_group_title(t, m), m) for t, m in out]
-
-
-def _group_title(title: str, members: list[str]) -> str:
-    if not title.startswith("\0"):
-        return title
-    return members[0] if len(members) == 1 else f"{members[0]} ... {members[-1]}"
+            out.append((top, list(members), lone))
+    return [(f"{m[0]} ... {m[-1]}" if lone and len(m) > 1 else title, m) for title, m, lone in out]
 
 
 def _spread(names: list[str], k: int) -> list[str]:
@@ -412,7 +407,7 @@ def _diff(args: argparse.Namespace, out: IO[str], progress: _Progress) -> int:
 
     old = _load_baseline(args.baseline)
     other = args.other
-    if other.endswith(".json") and ":" not in other:
+    if other.endswith(".json"):  # a SPEC ends with a callable's name, or .pt
         new = _load_baseline(other)
     else:
         loaded, model_input = _build(other, args, progress)
