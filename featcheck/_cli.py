@@ -100,7 +100,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                         help="random token ids in the range of the model's first nn.Embedding (batch 2 unless given)")
     run = parser.add_argument_group("capture")
     run.add_argument("--layers", nargs="+", action="extend", metavar="PATTERN",
-                     help="layer names or fnmatch patterns, as capture's layers= (default every leaf module)")
+                     help="layer names or fnmatch patterns, as capture's layers= (default every leaf module and operation)")
     run.add_argument("--ops", action=argparse.BooleanOptionalAction, default=True,
                      help="record the torch operations module code calls (default on)")
     run.add_argument("--calibrate", type=_positive, metavar="N",
@@ -437,11 +437,14 @@ _COMMANDS: dict[str, _Command] = {
 }
 
 
+_EXIT_STATUS = "exit status: 0 passed (diff: same), 1 a check failed (diff: different), 2 bad usage, 3 internal error"
+
+
 def _parser() -> _Parser:
     parser = _Parser(prog="featcheck", description="Inspect PyTorch models from inside, without writing a test.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_, add_arguments, _) in _COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_, description=help_))
+        add_arguments(sub.add_parser(name, help=help_, description=help_, epilog=_EXIT_STATUS))
     return parser
 
 

@@ -287,6 +287,10 @@ def test_every_kind_of_bad_input_is_one_line(
     torch.save({"a": 1}, tmp_path / "dict.pt")
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "partial.pt")
     torch.save(torch.zeros(0, 3), tmp_path / "empty.pt")
+    keys = ["conv.weight", "conv.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
+            "bn.num_batches_tracked", "head.weight", "head.bias"]
+    torch.save({k: torch.zeros(1) for k in keys}, tmp_path / "shapes.pt")
+    torch.save(defects.make("dead_relu", False), tmp_path / "whole.pt")
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "bad.json").write_text('{"featcheck_baseline": 99}')
     (tmp_path / "taken").write_text("a file")
@@ -314,6 +318,9 @@ def test_every_kind_of_bad_input_is_one_line(
         (["inspect", *counting, "--tokens", "8"], "--tokens needs an nn.Embedding in Counting"),
         (["inspect", *counting, "--input", "1x3x8x8", "--weights", "none.pt"], "--weights: no file at none.pt"),
         (["inspect", *counting, "--input", "1x3x8x8", "--weights", "partial.pt"], "does not fit Counting: 8 missing keys (bn.bias, bn.num_batches_tracked, bn.running_mean, ...)"),
+        (["inspect", *counting, "--input", "1x3x8x8", "--weights", "shapes.pt"], "does not fit Counting: size mismatch for conv.weight"),
+        (["inspect", *counting, "--input", "1x3x8x8", "--weights", "dict.pt"], "--weights dict.pt holds a dict, not a state dict (a dict of tensors)"),
+        (["inspect", *counting, "--input", "1x3x8x8", "--weights", "whole.pt"], "a pickled whole model is SPEC with --trust-pickle"),
         (["inspect", *counting, "--input", "1x3x8x8", "--layers", "cnov"], "--layers: layer 'cnov' matches nothing"),
         (["inspect", *counting, "--input", "1x3x8x8", "--calibrate", "0"], "argument --calibrate: expected a positive integer, got '0'"),
         (["inspect", *counting, "--input", "1x3x8x8", "--arg", "x"], "--arg must be key=value"),
