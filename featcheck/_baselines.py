@@ -410,8 +410,10 @@ def compare(old_doc: dict[str, Any], new_doc: dict[str, Any], rtol: float, atol:
     return diff
 
 
-def render_diff(diff: Diff, path: str, rtol: float, atol: float, command: str) -> str:
-    lines = [f"featcheck baseline {path} differs from this capture"]
+def render_diff(diff: Diff, path: str, rtol: float, atol: float, command: str | None, header: str | None = None) -> str:
+    """The readable diff; ``header`` replaces the first line, and without ``command`` no update
+    command is suggested (``featcheck diff``)."""
+    lines = [header if header is not None else f"featcheck baseline {path} differs from this capture"]
     if diff.structural:
         n = len(diff.added) + len(diff.removed) + len(diff.changed) + len(diff.renamed)
         lines.append(
@@ -434,7 +436,8 @@ def render_diff(diff: Diff, path: str, rtol: float, atol: float, command: str) -
             lines.append(f"  {name or '(root)'}: " + "; ".join(what))
         if len(diff.drift) > 12:
             lines.append(f"  ... and {len(diff.drift) - 12} more layers")
-    lines.append(f"If the change is intended, update the baseline: {command}")
+    if command is not None:
+        lines.append(f"If the change is intended, update the baseline: {command}")
     return "\n".join(lines)
 
 

@@ -355,12 +355,16 @@ def gallery_files(records: list[_Record]) -> list[list[str]]:
     ]
 
 
-def gallery_html(records: list[_Record], files: list[list[str]]) -> str:
+def gallery_html(
+    records: list[_Record], files: list[list[str]], title: str | None = None, cap_option: str = "--featcheck-max-pictures"
+) -> str:
+    """``title`` replaces the heading's "featcheck gallery: N tests"; ``cap_option`` is the option
+    that limits pictures, named where some were left out."""
     parts = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<title>featcheck gallery</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>featcheck gallery: {len(records)} tests</h1>",
+        f"<h1>{_e(title) if title is not None else f'featcheck gallery: {len(records)} tests'}</h1>",
     ]
     for i, (rec, rec_files) in enumerate(zip(records, files)):
         parts.append(f'<section id="t{i:04d}">')
@@ -379,7 +383,7 @@ def gallery_html(records: list[_Record], files: list[list[str]]) -> str:
                 f"<figcaption>{_e(pic.kind)}: {_e(pic.name)}</figcaption>{_table_html(pic.table)}</figure>"
             )
         if rec.dropped:
-            parts.append(f"<p>{rec.dropped} more pictures not attached (--featcheck-max-pictures)</p>")
+            parts.append(f"<p>{rec.dropped} more pictures not attached ({_e(cap_option)})</p>")
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -424,8 +428,9 @@ def summary_lines(records: list[_Record]) -> list[str]:
 # -- the gallery folder ----------------------------------------------------------------------------
 
 
-def check_gallery_dir(directory: Path) -> list[Path]:
-    """The files featcheck wrote into ``directory`` before (listed in its manifest).
+def check_gallery_dir(directory: Path, option: str = "--featcheck-dir") -> list[Path]:
+    """The files featcheck wrote into ``directory`` before (listed in its manifest); ``option``
+    is how the messages name the folder's option (``featcheck inspect --out``).
 
     Raises:
         pytest.UsageError: ``directory`` or a parent is a file, or it holds an ``index.html``
@@ -435,7 +440,7 @@ def check_gallery_dir(directory: Path) -> list[Path]:
     for p in (directory, *directory.parents):
         if p.exists() and not p.is_dir():
             raise pytest.UsageError(
-                f"--featcheck-dir {p} is a file, not a folder; point --featcheck-dir at a folder "
+                f"{option} {p} is a file, not a folder; point {option} at a folder "
                 "(it is created if missing)"
             )
     manifest = directory / MANIFEST
@@ -444,7 +449,7 @@ def check_gallery_dir(directory: Path) -> list[Path]:
             if (directory / name).exists():
                 raise pytest.UsageError(
                     f"{directory / name} exists and was not written by featcheck; featcheck will "
-                    "not overwrite it. Point --featcheck-dir at another folder."
+                    f"not overwrite it. Point {option} at another folder."
                 )
         return []
     try:
@@ -452,7 +457,7 @@ def check_gallery_dir(directory: Path) -> list[Path]:
         if not all(isinstance(rel, str) for rel in listed):
             raise TypeError
     except (ValueError, KeyError, TypeError):
-        raise pytest.UsageError(f"{manifest} is not a featcheck manifest; remove it or use another --featcheck-dir") from None
+        raise pytest.UsageError(f"{manifest} is not a featcheck manifest; remove it or use another {option}") from None
     root = directory.resolve()
     out = []
     for rel in listed:
@@ -462,19 +467,25 @@ def check_gallery_dir(directory: Path) -> list[Path]:
     return out
 
 
-def write_gallery(directory: Path, records: list[_Record]) -> Path:
-    """Write ``index.html``, ``summary.json`` and the pictures of ``records`` (sorted by test id)
-    into ``directory``; delete what featcheck wrote there before and no longer needs."""
+def write_gallery(
+    directory: Path, records: list[_Record], *, sort: bool = True, title: str | None = None,
+    cap_option: str = "--featcheck-max-pictures",
+) -> Path:
+    """Write ``index.html``, ``summary.json`` and the pictures of ``records`` (sorted by test id,
+    or in the given order without ``sort``) into ``directory``; delete what featcheck wrote there
+    before and no longer needs. ``title`` and ``cap_option`` as for :func:`gallery_html`
+    (``featcheck inspect`` writes its sections in its own order, under its own heading)."""
     old = check_gallery_dir(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    records = sorted(records, key=lambda r: r.nodeid)
+    if sort:
+        records = sorted(records, key=lambda r: r.nodeid)
     files = gallery_files(records)
     for rec, rec_files in zip(records, files):
         for pic, rel in zip(rec.pictures, rec_files):
             write_atomic(directory / rel, pic.png)
     written = [rel for rec_files in files for rel in rec_files]
     write_atomic(directory / "summary.json", json.dumps(summary_json(records, files), indent=1, sort_keys=True).encode())
-    write_atomic(directory / "index.html", gallery_html(records, files).encode())
+    write_atomic(directory / "index.html", gallery_html(records, files, title, cap_option).encode())
     keep = {(directory / p).resolve() for p in [*written, *_OWN_FILES]}
     for p in old:
         if p not in keep and p.is_file():

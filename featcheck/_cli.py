@@ -1,0 +1,493 @@
+"""The ``featcheck`` command (also ``python -m featcheck``): a report on any model without a test.
+
+``featcheck inspect SPEC --input 2x3x224x224`` builds the model (see :mod:`._cli_load` for SPEC
+and the inputs), captures one forward pass, runs every check that needs no expectation (finite
+values, dead channels, saturation where bounds are known) with its defaults, draws the flagged
+layers and then the others up to a cap, and writes the same standalone gallery and
+``summary.json`` that ``pytest --featcheck`` writes (:func:`featcheck._report.write_gallery`).
+``featcheck diff A.json B.json`` (or ``A.json SPEC``) prints the architecture diff of two
+baselines, or of a baseline and a model, as ``check_baseline`` does.
+
+Exit status: 0 when every check passes (``diff``: no difference), 1 when one fails (``diff``: a
+difference), 2 on bad usage (one line on stderr, never a traceback), 3 when featcheck itself
+fails (with its traceback, like pytest's internal errors).
+
+Subcommands live in one table, :data:`_COMMANDS`: each has a help line, a function that adds its
+arguments and a function that runs it. Options shared by every command that builds a model are
+added by :func:`_model_options`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+import warnings
+import webbrowser
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from ._cli_load import CLIError, _first_line
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+DEFAULT_OUT = "featcheck-report"
+DEFAULT_MAX_PICTURES = 64
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (through :class:`CLIError`), like every other."""
+
+    def error(self, message: str) -> Any:  # argparse's signature says NoReturn
+        raise CLIError(f"{message} (see {self.prog} --help)")
+
+
+class _Progress:
+    """One self-overwriting status line on stderr, only when stderr is a terminal: CI logs and
+    pipes get none of it."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.on = stream.isatty()
+        self.shown = False
+
+    def __call__(self, text: str) -> None:
+        if self.on:
+            self.stream.write(f"\r\033[K{text}")
+            self.stream.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
+
+
+# -- arguments ------------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """Options of every command that builds and runs a model (inspect, diff against a SPEC)."""
+    model = parser.add_argument_group("model")
+    model.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="keyword argument for the SPEC's callable (a Python literal or a string); repeatable")
+    model.add_argument("--weights", metavar="FILE",
+                       help="state dict loaded into the model with torch.load(weights_only=True)")
+    model.add_argument("--trust-pickle", action="store_true",
+                       help="allow SPEC to be a pickled whole model (.pt): unpickling runs code from the file")
+    inputs = parser.add_argument_group("input (exactly one)")
+    inputs.add_argument("--input", metavar="SHAPE|FILE.pt",
+                        help="a random batch of this shape (2x3x224x224; normal, seed 0) or a tensor saved with torch.save")
+    inputs.add_argument("--image", nargs="+", action="extend", default=[], metavar="FILE",
+                        help="one or several images, resized and centre-cropped, ImageNet-normalised")
+    inputs.add_argument("--image-size", type=_positive, default=224, metavar="PX",
+                        help="side of the square the images are cropped to (default 224)")
+    inputs.add_argument("--tokens", metavar="[BATCHx]LENGTH",
+                        help="random token ids in the range of the model's first nn.Embedding (batch 2 unless given)")
+    run = parser.add_argument_group("capture")
+    run.add_argument("--layers", nargs="+", action="extend", metavar="PATTERN",
+                     help="layer names or fnmatch patterns, as capture's layers= (default every leaf module and operation)")
+    run.add_argument("--ops", action=argparse.BooleanOptionalAction, default=True,
+                     help="record the torch operations module code calls (default on)")
+    run.add_argument("--calibrate", type=_positive, metavar="N",
+                     help="set BatchNorm running statistics from N random batches of the input's shape first")
+
+
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC", help="torchvision:NAME, timm:NAME, package.module:callable, path/to/file.py:callable, or model.pt")
+    _model_options(parser)
+    report = parser.add_argument_group("report")
+    report.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"gallery folder (default {DEFAULT_OUT})")
+    report.add_argument("--max-pictures", type=_positive, default=DEFAULT_MAX_PICTURES, metavar="N",
+                        help=f"at most N layer pictures, flagged layers first (default {DEFAULT_MAX_PICTURES})")
+    report.add_argument("--open", action="store_true", help="open the gallery in a web browser")
+
+
+def _diff_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("baseline", metavar="BASELINE.json", help="a baseline written by check_baseline")
+    parser.add_argument("other", metavar="BASELINE2.json|SPEC", help="another baseline, or a model SPEC to capture")
+    _model_options(parser)
+
+
+# -- inspect --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Check:
+    """One check's verdict: ``passed``, ``failed`` or ``skipped`` (nothing it applies to)."""
+
+    title: str
+    outcome: str
+    message: str
+    flagged: list[tuple[Any, list[int], str]] = field(default_factory=list)
+
+
+def _build(spec: str, args: argparse.Namespace, progress: _Progress) -> tuple[Any, Any]:
+    """The model ``spec`` names, built with the model options, and its input."""
+    from ._cli_load import load_model, make_input, parse_args_pairs
+
+    progress(f"building {spec}")
+    loaded = load_model(spec, parse_args_pairs(args.arg), args.weights, args.trust_pickle)
+    model_input = make_input(loaded.model, args.input, args.image, args.tokens, args.image_size)
+    if args.calibrate:
+        _calibrate(loaded.model, model_input, args.calibrate, progress)
+    return loaded, model_input
+
+
+def _calibrate(model: Any, model_input: Any, n: int, progress: _Progress) -> None:
+    from ._calibrate import calibrate_batchnorm
+
+    def batches() -> Any:
+        for i, batch in enumerate(model_input.batches(n)):
+            progress(f"calibrating BatchNorm: batch {i + 1}/{n}")
+            yield batch
+
+    try:
+        calibrate_batchnorm(model, batches())
+    except Exception as exc:
+        raise CLIError(f"--calibrate: the model rejected a batch of shape {_shape(model_input.tensor.shape)}: "
+                       f"{type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _capture(loaded: Any, model_input: Any, layers: Any, ops: bool, progress: _Progress) -> tuple[Any, list[str]]:
+    """One forward pass under capture; returns the capture and the warnings it gave, each once
+    (the terminal summary shows them as notes)."""
+    from ._capture import capture
+    from ._errors import LayerNotFoundError
+
+    progress(f"capturing {loaded.spec} on {_shape(model_input.tensor.shape)}")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cap = capture(loaded.model, model_input.tensor, layers=layers, ops=ops)
+    except LayerNotFoundError as exc:
+        raise CLIError(f"--layers: {exc}") from None
+    except Exception as exc:
+        raise CLIError(
+            f"{loaded.spec} failed on input {_shape(model_input.tensor.shape)}: {type(exc).__name__}: "
+            f"{_first_line(exc)}; check --input (its shape and dtype) against what the model expects"
+        ) from None
+    return cap, list(dict.fromkeys(str(w.message) for w in caught))
+
+
+def _run_checks(cap: Any) -> list[_Check]:
+    """Every check that needs no expectation, with its defaults (ini-free, as in a plain test)."""
+    from . import _checks
+    from ._errors import FeatcheckAssertionError
+
+    bounded = any(lc.bounds is not None for lc in cap.values())
+    todo: list[tuple[str, Callable[[Any], None] | None, str]] = [
+        ("finite values", _checks.assert_finite, ""),
+        ("dead channels", _checks.assert_no_dead_channels, ""),
+        ("saturation", _checks.assert_not_saturated if bounded else None,
+         "no layer with known output bounds (Sigmoid, Tanh, Hardtanh, ReLU6, Hardsigmoid)"),
+    ]
+    out = []
+    for title, check, why_not in todo:
+        if check is None:
+            out.append(_Check(title, "skipped", why_not))
+            continue
+        try:
+            with warnings.catch_warnings():
+                # the calibration advice is in the failure message already
+                warnings.simplefilter("ignore")
+                check(cap)
+        except FeatcheckAssertionError as exc:
+            out.append(_Check(title, "failed", str(exc), exc.flagged))
+        else:
+            checked = sum(lc.bounds is not None for lc in cap.values()) if title == "saturation" else len(cap)
+            out.append(_Check(title, "passed", _plural(checked, "layer")))
+    return out
+
+
+def _groups(names: list[str], cap: Any) -> list[tuple[str, list[str]]]:
+    """Layers grouped by their top-level module, in call order; neighbouring top-level layers
+    that are alone in their group (a ResNet's stem: conv1, bn1, relu, maxpool) share one group,
+    named after its first and last layer."""
+    runs: list[tuple[str, list[str]]] = []
+    for name in names:
+        top = cap[name].module_name.split(".")[0] or "(root)"
+        if runs and runs[-1][0] == top:
+            runs[-1][1].append(name)
+        else:
+            runs.append((top, [name]))
+    out: list[tuple[str, list[str], bool]] = []  # (title, layers, a stretch of lone layers)
+    for top, members in runs:
+        lone = len(members) == 1 and "." not in cap[members[0]].module_name
+        if lone and out and out[-1][2]:
+            out[-1][1].extend(members)
+        else:
+            out.append((top, list(members), lone))
+    return [(f"{m[0]} ... {m[-1]}" if lone and len(m) > 1 else title, m) for title, m, lone in out]
+
+
+def _spread(names: list[str], k: int) -> list[str]:
+    """``k`` of ``names``, evenly spaced from first to last, in order."""
+    if k >= len(names):
+        return list(names)
+    if k <= 0:
+        return []
+    if k == 1:
+        return [names[0]]
+    picks = sorted({round(i * (len(names) - 1) / (k - 1)) for i in range(k)})
+    return [names[i] for i in picks]
+
+
+def _pictures(cap: Any, checks: list[_Check], limit: int, progress: _Progress) -> tuple[dict[str, Any], list[str]]:
+    """Pictures of the flagged layers first (their channels marked), then of the others, evenly
+    spread over the network, ``limit`` in all; returns ``{layer: picture}`` and drawing notes."""
+    from . import _report
+
+    flagged: dict[str, tuple[Any, list[int], list[str]]] = {}
+    for check in checks:
+        for lc, channels, what in check.flagged:
+            _, chans, whats = flagged.setdefault(lc.name, (lc, [], []))
+            chans.extend(c for c in channels if c not in chans)
+            whats.append(what)
+    requests: list[tuple[str, Any]] = [
+        (name, _report._Flagged(lc, sorted(chans), ", ".join(whats))) for name, (lc, chans, whats) in flagged.items()
+    ][:limit]
+    others = [n for n in cap.names if n not in flagged]
+    requests += [(n, _report._Show(cap[n], None, {})) for n in _spread(others, limit - len(requests))]
+    pictures: dict[str, Any] = {}
+    notes: list[str] = []
+    for i, (name, request) in enumerate(requests):
+        progress(f"rendering {i + 1}/{len(requests)}: {name}")
+        drawn, _, problems = _report.render_requests([request], 1)
+        notes += problems
+        if drawn:
+            pictures[name] = drawn[0]
+    return pictures, notes
+
+
+def _records(spec: str, cap: Any, checks: list[_Check], pictures: dict[str, Any], notes: list[str]) -> list[Any]:
+    """The gallery's sections: the checks (failed first), then the layer groups in call order."""
+    from ._report import _Flag, _Record
+
+    def flags(entries: list[tuple[Any, list[int], str]]) -> list[Any]:
+        return [_Flag(lc.name, list(ch), what) for lc, ch, what in entries]
+
+    order = {"failed": 0, "passed": 1, "skipped": 2}
+    records = []
+    for check in sorted(checks, key=lambda c: order[c.outcome]):
+        shown = list(dict.fromkeys(lc.name for lc, _, _ in check.flagged))
+        extra = [] if check.outcome != "skipped" else [f"not checked: {check.message}"]
+        # a check's section lists what it flagged; the layer groups below list every layer
+        records.append(_Record(
+            f"{spec} :: check: {check.title}", check.outcome, [], flags(check.flagged),
+            [pictures[n] for n in shown if n in pictures], sum(n not in pictures for n in shown),
+            extra + (_bn_advice(cap) if check.outcome == "failed" and check.title != "finite values" else []),
+        ))
+    every_flag = [f for check in checks for f in check.flagged]
+    for title, members in _groups(cap.names, cap):
+        inside = set(members)
+        group_flags = [f for f in every_flag if f[0].name in inside]
+        layer_notes = [f"{n}: {cap[n].note}" for n in members if cap[n].note]
+        records.append(_Record(
+            f"{spec} :: {title}", "failed" if group_flags else "passed", members, flags(group_flags),
+            [pictures[n] for n in members if n in pictures], sum(n not in pictures for n in members), layer_notes,
+        ))
+    if notes and records:
+        first = records[0]
+        records[0] = _Record(first.nodeid, first.outcome, first.layers, first.flagged, first.pictures,
+                             first.dropped, [*first.notes, *notes])
+    return records
+
+
+def _bn_advice(cap: Any) -> list[str]:
+    names = cap.default_batchnorm
+    if not names:
+        return []
+    return [f"{len(names)} BatchNorm layers hold their default running statistics (mean 0, var 1): random-weight "
+            "models really have dead and saturated channels then; run again with --calibrate 8"]
+
+
+def _inspect(args: argparse.Namespace, out: IO[str], progress: _Progress) -> int:
+    import pytest
+
+    from . import _report
+
+    directory = Path(args.out)
+    try:
+        _report.check_gallery_dir(directory, option="--out")
+    except pytest.UsageError as exc:
+        raise CLIError(str(exc)) from None
+    loaded, model_input = _build(args.spec, args, progress)
+    cap, caught = _capture(loaded, model_input, args.layers, args.ops, progress)
+    progress("checking")
+    checks = _run_checks(cap)
+    pictures, notes = _pictures(cap, checks, args.max_pictures, progress)
+    records = _records(loaded.spec, cap, checks, pictures, notes)
+    progress(f"writing {directory}")
+    try:
+        index = _report.write_gallery(directory, records, sort=False, title=f"featcheck inspect {loaded.spec}",
+                                      cap_option="--max-pictures")
+    except (OSError, pytest.UsageError) as exc:
+        raise CLIError(f"--out: the gallery cannot be written: {exc}") from None
+    progress.clear()
+    _summary(out, loaded, model_input, args, cap, caught, checks, len(pictures), index)
+    if args.open:
+        webbrowser.open(index.resolve().as_uri())
+    return EXIT_FAILED if any(c.outcome == "failed" for c in checks) else EXIT_OK
+
+
+def _summary(out: IO[str], loaded: Any, model_input: Any, args: argparse.Namespace, cap: Any, caught: list[str],
+             checks: list[_Check], n_pictures: int, index: Path) -> None:
+    """What the terminal shows: the model, the input, one row per layer, the checks' verdicts
+    (a failure's full table) and where the gallery is."""
+    ops = sum(1 for lc in cap.values() if lc.op)
+    params = sum(p.numel() for p in loaded.model.parameters())
+    write = out.write
+    write(f"featcheck inspect {loaded.description}, {_count(params)} parameters\n")
+    calibrated = f"; BatchNorm calibrated on {args.calibrate} random batches" if args.calibrate else ""
+    write(f"input: {model_input.description}{calibrated}\n")
+    write(f"{_plural(len(cap), 'record')} ({_plural(len(cap) - ops, 'module')}, {_plural(ops, 'operation')}), "
+          f"{_plural(cap.forwards, 'forward pass', 'forward passes')}\n")
+    marks: dict[str, list[str]] = {}
+    for check in checks:
+        for lc, channels, what in check.flagged:
+            marks.setdefault(lc.name, []).append(f"{what} {len(channels)}/{lc.channels}" if channels else what)
+    rows = [("layer", "type", "shape", "stride", "flagged")]
+    rows += [(lc.name or "(root)", lc.module_type, _shape(lc.shape), _stride(lc.stride), ", ".join(marks.get(lc.name, [])))
+             for lc in cap.values()]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for row in rows:
+        write("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
+    for note in [*caught, *([cap.note] if cap.note else [])]:
+        write(f"note: {_first_line_text(note)}\n")
+    write("checks:\n")
+    for check in checks:
+        label = {"passed": "passed ", "failed": "FAILED ", "skipped": "skipped"}[check.outcome]
+        lines = check.message.splitlines() or [""]
+        write(f"  {label} {check.title}: {lines[0]}\n")
+        for line in lines[1:]:
+            write(f"            {line}\n")
+    verdicts = [c for c in checks if c.outcome == "failed" and c.title in ("dead channels", "saturation")]
+    if verdicts and cap.default_batchnorm and not args.calibrate:
+        write("hint: the BatchNorm layers hold their default running statistics; run again with --calibrate 8\n")
+    write(f"gallery: {index} ({n_pictures} pictures; summary.json beside it)\n")
+
+
+# -- diff -----------------------------------------------------------------------------------------
+
+
+def _load_baseline(file: str) -> dict[str, Any]:
+    from ._baselines import BaselineError, load
+
+    path = Path(file)
+    if not path.is_file():
+        raise CLIError(f"no baseline file at {file}")
+    try:
+        return load(path)
+    except BaselineError as exc:
+        raise CLIError(f"baseline {file} {exc}") from None
+
+
+def _modules_only(doc: dict[str, Any]) -> dict[str, Any]:
+    """A baseline without its operation records (their type ends in ``()``)."""
+    return {**doc, "layers": [e for e in doc["layers"] if not e["module_type"].endswith("()")], "ops": False}
+
+
+def _diff(args: argparse.Namespace, out: IO[str], progress: _Progress) -> int:
+    from . import _baselines
+
+    old = _load_baseline(args.baseline)
+    other = args.other
+    if other.endswith(".json"):  # a SPEC ends with a callable's name, or .pt
+        new = _load_baseline(other)
+    else:
+        loaded, model_input = _build(other, args, progress)
+        cap, _ = _capture(loaded, model_input, args.layers, bool(old.get("ops", False)), progress)
+        layers = [_baselines.layer_entry(lc, stats=False) for lc in cap.values()]
+        new = _baselines.document(layers, other, None, stats=False, ops=bool(old.get("ops", False)))
+        progress.clear()
+    if bool(old.get("ops", False)) != bool(new.get("ops", False)):
+        old, new = _modules_only(old), _modules_only(new)
+        out.write("note: one side has operation records and the other not: comparing module records only\n")
+    diff = _baselines.compare(old, new, 0.0, 0.0, stats=False)
+    if not diff.structural:
+        out.write(f"featcheck diff: {args.baseline} and {other}: same architecture ({len(new['layers'])} layers)\n")
+        return EXIT_OK
+    header = f"featcheck diff: {args.baseline} ({len(old['layers'])} layers) -> {other} ({len(new['layers'])} layers)"
+    out.write(_baselines.render_diff(diff, args.baseline, 0.0, 0.0, None, header=header) + "\n")
+    return EXIT_FAILED
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+_Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, IO[str], _Progress], int]]
+
+_COMMANDS: dict[str, _Command] = {
+    "inspect": ("capture a model, run the checks, write the gallery and summary.json", _inspect_arguments, _inspect),
+    "diff": ("architecture diff of two baselines, or of a baseline and a model", _diff_arguments, _diff),
+}
+
+
+_EXIT_STATUS = "exit status: 0 passed (diff: same), 1 a check failed (diff: different), 2 bad usage, 3 internal error"
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="featcheck", description="Inspect PyTorch models from inside, without writing a test.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_, add_arguments, _) in _COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_, description=help_, epilog=_EXIT_STATUS))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``featcheck`` command line; returns the exit status (0 passed, 1 a check failed or
+    a difference was found, 2 bad usage, 3 an internal error)."""
+    progress = _Progress(sys.stderr)
+    try:
+        args = _parser().parse_args(argv)
+        return _COMMANDS[args.command][2](args, sys.stdout, progress)
+    except CLIError as exc:
+        progress.clear()
+        sys.stderr.write(f"featcheck: error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        progress.clear()
+        sys.stderr.write("featcheck: interrupted\n")
+        return 130
+    except Exception:
+        progress.clear()
+        traceback.print_exc()
+        sys.stderr.write("featcheck: internal error (the traceback above is featcheck's own): please report it\n")
+        return EXIT_INTERNAL
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _stride(stride: Sequence[float] | None) -> str:
+    if stride is None:
+        return "-"
+    return f"{stride[0]:g}" if len(set(stride)) == 1 else "x".join(f"{s:g}" for s in stride)
+
+
+def _plural(n: int, noun: str, nouns: str | None = None) -> str:
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.3g}M" if n >= 1_000_000 else f"{n / 1e3:.3g}k" if n >= 1000 else str(n)
+
+
+def _first_line_text(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""
