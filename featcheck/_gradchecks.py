@@ -169,16 +169,24 @@ def assert_gradients_finite(cap: Any, layers: Any = None) -> None:
     _capture_with_grads(cap, "assert_gradients_finite")
     selected = {lc.name for lc in _checks._records(cap, layers, "assert_gradients_finite")}
     found = _checks._Offences("non-finite gradient")
-    for lc in _backward_order(cap):
+    order = _backward_order(cap)
+    entered = ""
+    for k, lc in enumerate(order):
         if lc.name not in selected:
             continue
         bad = np.flatnonzero(lc.grad.stats["nonfinite"] > 0).tolist()
         if bad:
+            if not found and k and not order[k - 1].grad.stats["nonfinite"].any():
+                entered = (f"NaN/Inf entered between {order[k - 1].name!r} and {lc.name!r} (its gradient "
+                           f"is finite, the next in backward order is not): look at what {order[k - 1].name!r} "
+                           "computes from it, custom autograd Functions included")
             found.add(lc.grad, "finite", f"{int(lc.grad.stats['nonfinite'].sum())} NaN/Inf values", bad)
     params = [(n, s) for n, s in cap.param_grads.items() if s["received"] and s["nonfinite"]]
     if found or params:
-        lines = [f"parameters with non-finite gradients: " + ", ".join(f"{n} ({s['nonfinite']} of {s['numel']})" for n, s in params[:10])
-                 + (f", ... ({len(params)} in all)" if len(params) > 10 else "")] if params else []
+        lines = [entered] if entered else []
+        if params:
+            lines.append("parameters with non-finite gradients: " + ", ".join(f"{n} ({s['nonfinite']} of {s['numel']})" for n, s in params[:10])
+                         + (f", ... ({len(params)} in all)" if len(params) > 10 else ""))
         first = f"the first in backward order (closest to the loss) is {found.rows[0][0]!r}" if found else "no layer's gradient"
         _fail(
             f"non-finite gradients in {_checks._layers(len(found))} and {len(params)} parameter(s); {first}",

@@ -223,8 +223,10 @@ def _summaries(pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> lis
             items.append(_norm_block(p))
             if g is not None:
                 items.append(_norm_block(g))
-                finite = g if g.is_floating_point() else g.double()
-                items.append(torch.linalg.vector_norm(torch.nan_to_num(finite, nan=0.0, posinf=0.0, neginf=0.0), 1).reshape(1))
+                # sum of |g| over the finite values (torch's cascaded sum: vector_norm(g, 1)
+                # loses digits on large tensors)
+                finite = g.detach() if g.is_floating_point() else g.detach().double()
+                items.append(torch.nan_to_num(finite.abs(), nan=0.0, posinf=0.0).sum().reshape(1))
     host = iter(_to_host(items))
     out: list[tuple[np.ndarray | None, float]] = []
     for _, g in pairs:
