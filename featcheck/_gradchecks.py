@@ -38,17 +38,15 @@ _CAUSES = (
 )
 
 
-class _GradientFailure(FeatcheckAssertionError):
-    """A failed gradient check; ``capture`` is drawn as a gradient-flow picture in the report,
-    with the check's vanishing and exploding zones."""
-
-    def __init__(
-        self, message: str, flagged: list[tuple[Any, list[int], str]], capture: Any,
-        zones: tuple[float, float] = (1e-4, 1e4),
-    ) -> None:
-        super().__init__(message, flagged)
-        self.capture = capture
-        self.zones = zones
+def _failure(
+    message: str, flagged: list[tuple[Any, list[int], str]], capture: Any, zones: tuple[float, float] = (1e-4, 1e4)
+) -> FeatcheckAssertionError:
+    """A failed gradient check; the report draws its ``capture`` as a gradient-flow picture,
+    with the check's vanishing and exploding ``zones``."""
+    err = FeatcheckAssertionError(message, flagged)
+    err.capture = capture  # type: ignore[attr-defined]
+    err.zones = zones  # type: ignore[attr-defined]
+    return err
 
 
 def _capture_with_grads(cap: Any, check: str) -> Any:
@@ -98,7 +96,7 @@ def _fail(title: str, offences: _checks._Offences, cap: Any, notes: Sequence[str
     text = f"{title}\n{_checks._table(offences.rows)}"
     for note in notes:
         text += f"\n{note}"
-    raise _GradientFailure(text, offences.flagged, cap, zones)
+    raise _failure(text, offences.flagged, cap, zones)
 
 
 def _ratio(value: Any, name: str) -> float:
@@ -153,6 +151,7 @@ def assert_gradients_flow(cap: Any, min_ratio: float = 1e-4, max_ratio: float = 
         exploding += kind == "exploding"
         found.add(lc.grad, f"ratio in [{lo:g}, {hi:g}]", f"RMS {scale:.3g}, ratio {r:.3g}: {kind}")
     if found:
+        found.flagged.clear()  # the gradient-flow picture shows them all; per-layer grids would not help
         _fail(
             f"gradients vanish in {_checks._layers(vanishing)} and explode in {_checks._layers(exploding)} of "
             f"{len(records)} (ratio = gradient RMS / RMS at {ref.name!r}, the record closest to the loss: "
@@ -181,6 +180,7 @@ def assert_gradients_finite(cap: Any, layers: Any = None) -> None:
                            f"is finite, the next in backward order is not): look at what {order[k - 1].name!r} "
                            "computes from it, custom autograd Functions included")
             found.add(lc.grad, "finite", f"{int(lc.grad.stats['nonfinite'].sum())} NaN/Inf values", bad)
+    del found.flagged[1:]  # where the bad values entered; the gradient-flow picture marks the rest
     params = [(n, s) for n, s in cap.param_grads.items() if s["received"] and s["nonfinite"]]
     if found or params:
         lines = [entered] if entered else []
@@ -276,7 +276,7 @@ def assert_params_receive_grad(cap: Any, frozen: Any = None) -> None:
             + (f" and {frozen_fail} declared frozen got one" if frozen_fail else "")
             + f" ({len(by_module)} module{'s' if len(by_module) != 1 else ''})\n{text}\n{_CAUSES}"
         )
-        raise _GradientFailure(message, [], cap)
+        raise _failure(message, [], cap)
 
 
 def _check_samples(samples: Any, n: int) -> list[int]:
