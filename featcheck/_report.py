@@ -591,14 +591,15 @@ class ReportSession:
         captures = list(fixture.captures) if fixture is not None else []
         exc = call.excinfo.value if call.excinfo is not None else None
         flagged = exc.flagged if isinstance(exc, FeatcheckAssertionError) else []
-        if not (requests or captures or flagged):
+        flows = _gradient_flows(captures, exc)
+        if not (requests or captures or flagged or flows):
             return None
         outcome = _outcome(report)
         pictures: list[_Picture] = []
         dropped = 0
         notes: list[str] = []
         if self.wants_pictures(outcome):
-            todo: list[_Request] = [*_gradient_flows(captures, exc), *(_Flagged(lc, list(ch), check) for lc, ch, check in flagged)]
+            todo: list[_Request] = [*flows, *(_Flagged(lc, list(ch), check) for lc, ch, check in flagged)]
             pictures, dropped, notes = render_requests(todo + requests, self.max_pictures)
         return _Record(
             nodeid=report.nodeid,
