@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +34,6 @@ from torch import nn
 
 from . import _stats
 from ._records import LayerCapture
-
-if TYPE_CHECKING:
-    from ._recorder import Recorder
 
 __all__ = ["Gradients", "PARAM_KEYS", "StepHooks", "check_backward_args", "detached", "rms"]
 
@@ -464,10 +461,3 @@ class StepHooks:
             self._handles.pop().remove()
         self._before.clear()
 
-
-def _iter_leaves(obj: Any) -> Iterator[torch.Tensor]:
-    from torch.utils import _pytree
-
-    for leaf in _pytree.tree_leaves(obj):
-        if isinstance(leaf, torch.Tensor):
-            yield leaf
