@@ -468,6 +468,12 @@ def watch(
     ``ops`` as for :func:`capture`; names that match no module are looked up among the recorded
     operations at the end of the block (when the model ran in it).
 
+    Backward passes the user runs inside the block are recorded too (``grad_stats`` of every
+    record whose output required grad, accumulated over them), and every ``optimizer.step()``
+    that updates the model's parameters adds to ``param_grads``: the gradient the step used, read
+    from ``.grad`` and never written, and the update-to-weight ratio of the step (see
+    ``featcheck._grads``).
+
     Example:
         >>> with featcheck.watch(model, layers=torch.nn.Conv2d) as cap:
         ...     for xb in batches:

@@ -91,7 +91,8 @@ def detached(obj: Any) -> Any:
     """``obj`` with every tensor in it detached (the output a capture keeps: no graph, no hook)."""
     from torch.utils import _pytree
 
-    return _pytree.tree_map_only(torch.Tensor, lambda t: t.detach(), obj)
+    with _quiet():
+        return _pytree.tree_map_only(torch.Tensor, lambda t: t.detach(), obj)
 
 
 def check_backward_args(backward: Any, input_grad: Any) -> None:
@@ -114,11 +115,12 @@ def grad_inputs(args: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[torch.Tens
     """``args`` with every floating-point tensor replaced by a leaf that requires grad (sharing
     its storage: the user's tensor is not changed), and those leaves."""
     out, leaves = [], []
-    for a in args:
-        if isinstance(a, torch.Tensor) and a.is_floating_point():
-            a = a.detach().requires_grad_(True)
-            leaves.append(a)
-        out.append(a)
+    with _quiet():
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                a = a.detach().requires_grad_(True)
+                leaves.append(a)
+            out.append(a)
     if not leaves:
         raise ValueError(
             "input_grad=True needs a floating-point tensor among the positional inputs, found "
@@ -258,7 +260,8 @@ class Gradients:
         self._params: dict[str, _ParamAcc] = {}
         self._pending: list[tuple[LayerCapture, Any, tuple[int, ...], str, int, Any]] = []
         self._task: int | None = None
-        self._scratch = _stats.Scratch()
+        with _quiet():  # featcheck's own torch calls are seen by no torch function mode
+            self._scratch = _stats.Scratch()
 
     # forward: one call per recorded output ----------------------------------------------------
     def hook(self, rec: LayerCapture, t: torch.Tensor, cdim: int | None) -> None:
