@@ -4,8 +4,10 @@ summaries against ``p.grad``, the model left as found, and watch over real optim
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import re
+import weakref
 
 import numpy as np
 import pytest
@@ -162,6 +164,21 @@ def test_model_is_left_as_found(train: bool) -> None:
     assert cap.param_grads["layer4.0.conv1.weight"]["received"] is False
     # no graph and no hook survive: the kept output is detached
     assert cap.output.grad_fn is None and not cap.output.requires_grad
+
+
+def test_no_graph_or_hook_outlives_the_capture() -> None:
+    """The outputs that carried gradient hooks are freed with their graph: the capture keeps a
+    detached copy of the model's output, not the output itself."""
+    model = models.TinyCNN()
+    kept: list[weakref.ref[torch.Tensor]] = []
+    handle = model.fc.register_forward_hook(lambda m, a, out: kept.append(weakref.ref(out)) and None)
+    try:
+        cap = featcheck.capture(model, torch.randn(2, 3, 16, 16), backward=loss_fn)
+    finally:
+        handle.remove()
+    gc.collect()
+    assert kept and kept[0]() is None
+    assert cap["fc"].grad_stats is not None and cap.output.grad_fn is None
 
 
 def test_records_without_a_gradient_path_say_so_unless_inputs_require_grad() -> None:
