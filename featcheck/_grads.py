@@ -136,7 +136,7 @@ class _ParamAcc:
     """One parameter's gradient summaries over the steps (or the one backward) seen."""
 
     __slots__ = ("numel", "requires_grad", "steps", "received", "sum_norm2", "max_abs", "sum_abs",
-                 "zeros", "nonfinite", "values", "weight_norm", "ratios")
+                 "zeros", "nonfinite", "values", "finite", "weight_norm", "ratios")
 
     def __init__(self, numel: int, requires_grad: bool) -> None:
         self.numel = numel
@@ -149,17 +149,18 @@ class _ParamAcc:
         self.zeros = 0
         self.nonfinite = 0
         self.values = 0
+        self.finite = 0
         self.weight_norm = math.nan
         self.ratios: list[float] = []
 
     def add(self, row: np.ndarray | None, weight_norm: float) -> None:
-        """One step: ``row`` is (norm, max_abs, sum_abs, zeros, nonfinite) of its gradient, or
-        ``None`` when the parameter had none."""
+        """One step: ``row`` is (norm, max_abs, sum_abs, zeros, nonfinite, finite count) of its
+        gradient, or ``None`` when the parameter had none."""
         self.steps += 1
         self.weight_norm = weight_norm
         if row is None:
             return
-        norm, mx, sabs, zeros, nonfinite = (float(v) for v in row)
+        norm, mx, sabs, zeros, nonfinite, finite = (float(v) for v in row)
         self.received += 1
         self.sum_norm2 += norm * norm
         self.max_abs = max(self.max_abs, mx)
@@ -167,13 +168,14 @@ class _ParamAcc:
         self.zeros += int(zeros)
         self.nonfinite += int(nonfinite)
         self.values += self.numel
+        self.finite += int(finite)
 
     def summary(self, watch: bool) -> dict[str, Any]:
         got = self.received > 0
         out: dict[str, Any] = {
             "norm": math.sqrt(self.sum_norm2 / self.received) if got else None,
             "max_abs": self.max_abs if got else None,
-            "mean_abs": self.sum_abs / self.values if got and self.values else None,
+            "mean_abs": self.sum_abs / self.finite if got and self.finite else None,
             "zero_fraction": self.zeros / self.values if got and self.values else None,
             "nonfinite": self.nonfinite if got else None,
             "numel": self.numel,
@@ -214,7 +216,7 @@ def _to_host(items: list[torch.Tensor | np.ndarray]) -> list[np.ndarray]:
 
 def _summaries(pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> list[tuple[np.ndarray | None, float]]:
     """For each ``(parameter, gradient or None)``: the gradient's (norm, max_abs, sum_abs, zeros,
-    nonfinite) over its finite values, and the parameter's norm."""
+    nonfinite, finite count), norms and sums over its finite values, and the parameter's norm."""
     S = _stats
     items: list[torch.Tensor | np.ndarray] = []
     with _quiet(), torch.no_grad():
@@ -222,10 +224,9 @@ def _summaries(pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> lis
             items.append(_norm_block(p))
             if g is not None:
                 items.append(_norm_block(g))
-                # sum of |g| over the finite values (torch's cascaded sum: vector_norm(g, 1)
-                # loses digits on large tensors)
-                finite = g.detach() if g.is_floating_point() else g.detach().double()
-                items.append(torch.nan_to_num(finite.abs(), nan=0.0, posinf=0.0).sum().reshape(1))
+                # sum of |g| (torch's cascaded sum: vector_norm(g, 1) loses digits on large
+                # tensors); over the finite values only where there are others, below
+                items.append(g.detach().abs().sum(dtype=torch.float64 if not g.is_floating_point() else None).reshape(1))
     host = iter(_to_host(items))
     out: list[tuple[np.ndarray | None, float]] = []
     for _, g in pairs:
@@ -235,10 +236,13 @@ def _summaries(pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> lis
             out.append((None, weight_norm))
             continue
         b, sabs = next(host), float(next(host)[0])
+        if b[S._NONFINITE, 0]:
+            with _quiet(), torch.no_grad():
+                sabs = float(torch.nan_to_num(g.detach().abs().double(), nan=0.0, posinf=0.0).sum())
         n = float(b[S._N, 0])
-        norm = math.sqrt(n * (float(b[S._MEAN, 0]) ** 2 + float(b[S._SD, 0]) ** 2)) if n else 0.0
-        mx = max(abs(float(b[S._MIN, 0])), abs(float(b[S._MAX, 0]))) if n else 0.0
-        out.append((np.array([norm, mx, sabs, b[S._ZEROS, 0], b[S._NONFINITE, 0]]), weight_norm))
+        norm = math.sqrt(n * (float(b[S._MEAN, 0]) ** 2 + float(b[S._SD, 0]) ** 2)) if n else math.nan
+        mx = max(abs(float(b[S._MIN, 0])), abs(float(b[S._MAX, 0]))) if n else math.nan
+        out.append((np.array([norm, mx, sabs, b[S._ZEROS, 0], b[S._NONFINITE, 0], n]), weight_norm))
     return out
 
 

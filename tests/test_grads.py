@@ -320,6 +320,8 @@ def test_custom_function_with_nan_backward_is_named() -> None:
     assert "the first in backward order (closest to the loss) is 'act (grad)'" in text
     assert "entered between 'bad' and 'act'" in text
     assert "fc1.weight (64 of 64)" in text and "fc2.weight" not in text
+    nan = cap.param_grads["fc1.weight"]
+    assert nan["nonfinite"] == 64 and nan["mean_abs"] is None and math.isnan(nan["norm"])  # no finite value
     featcheck.assert_gradients_finite(featcheck.capture(models.TinyCNN(), torch.randn(2, 3, 16, 16), backward=loss_fn))
 
 
