@@ -64,7 +64,7 @@ def runner(variant: str, model: torch.nn.Module, x: torch.Tensor) -> Callable[[]
 
     def trace() -> object:  # every operation's output and gradient saved
         tr = torchlens.trace(model, x, capture=CaptureOptions(save_grads=True))
-        tr.log_backward(loss_fn(tr[tr.output_layers[0]].activation))
+        tr.log_backward(loss_fn(tr[tr.output_layers[0]].tensor))
         return tr
     return trace
 
