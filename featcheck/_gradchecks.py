@@ -241,7 +241,8 @@ def assert_params_receive_grad(cap: Any, frozen: Any = None) -> None:
     Every parameter not declared frozen must have received a gradient that is not all zero;
     parameters with ``requires_grad=False`` are listed too (reported as such). Parameters
     declared frozen (names or patterns, ``frozen=["backbone.*"]``) must receive none, and fail if
-    they do. The table is grouped by module.
+    they do. The table is grouped by module. In a watch, the parameters are those the
+    optimizer steps seen in the block update.
     """
     __tracebackhide__ = True
     _capture_with_grads(cap, "assert_params_receive_grad")
@@ -252,7 +253,7 @@ def assert_params_receive_grad(cap: Any, frozen: Any = None) -> None:
     rows: list[tuple[str, str, str]] = []
     for name, s in summaries.items():
         is_frozen = any(fnmatch.fnmatchcase(name, p) for p in patterns)
-        got = s["received"] and (s["zero_fraction"] < 1 or s["nonfinite"])
+        got = s["received"] and (not s["numel"] or s["zero_fraction"] < 1 or s["nonfinite"])
         if is_frozen:
             if got:
                 rows.append((name, "frozen: no gradient", f"received one (norm {s['norm']:.3g})"))
