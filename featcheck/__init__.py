@@ -17,14 +17,20 @@ __all__ = [
     "FeatcheckAssertionError",
     "LayerCapture",
     "LayerNotFoundError",
+    "assert_batch_independent",
     "assert_finite",
+    "assert_gradients_finite",
+    "assert_gradients_flow",
     "assert_no_dead_channels",
+    "assert_no_dead_gradients",
     "assert_not_saturated",
+    "assert_params_receive_grad",
     "assert_shapes",
     "assert_strides",
     "calibrate_batchnorm",
     "capture",
     "channel_grid",
+    "gradient_flow",
     "heatmap",
     "kernel_grid",
     "load_image",
@@ -45,6 +51,12 @@ _LAZY = {
     "assert_not_saturated": "._checks",
     "assert_shapes": "._checks",
     "assert_strides": "._checks",
+    "assert_batch_independent": "._gradchecks",
+    "assert_gradients_finite": "._gradchecks",
+    "assert_gradients_flow": "._gradchecks",
+    "assert_no_dead_gradients": "._gradchecks",
+    "assert_params_receive_grad": "._gradchecks",
+    "gradient_flow": "._render._gradflow",
     "calibrate_batchnorm": "._calibrate",
     "channel_grid": "._render._grid",
     "heatmap": "._render._heatmap",
@@ -59,6 +71,14 @@ _LAZY = {
 if TYPE_CHECKING:
     from ._calibrate import calibrate_batchnorm
     from ._capture import Capture, LayerCapture, capture, watch
+    from ._gradchecks import (
+        assert_batch_independent,
+        assert_gradients_finite,
+        assert_gradients_flow,
+        assert_no_dead_gradients,
+        assert_params_receive_grad,
+    )
+    from ._render._gradflow import gradient_flow
     from ._inputs import sample_input
     from ._render._grid import channel_grid, save_channels
     from ._render._heatmap import heatmap

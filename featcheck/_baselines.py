@@ -493,6 +493,17 @@ def _check_place(path: Path, display_path: str, command: str) -> None:
         )
 
 
+def _with_grads(records: list[Any]) -> list[Any]:
+    """Each record followed by its gradient record (``"<layer> (grad)"``), compared like any
+    other layer."""
+    if not any(lc.grad is not None for lc in records):
+        raise ValueError(
+            "check_baseline(..., grads=True): the capture holds no gradients; capture with "
+            "backward=lambda out: loss, or run a backward pass inside watch"
+        )
+    return [r for lc in records for r in (lc, lc.grad) if r is not None]
+
+
 def check(
     cap: Any,
     *,
@@ -507,6 +518,7 @@ def check(
     update: bool,
     max_kb: float,
     command: str,
+    grads: bool = False,
 ) -> str | None:
     """Compare (or, with ``update``, write) one baseline. Returns 'written' / 'updated' / None."""
     __tracebackhide__ = True
@@ -516,6 +528,8 @@ def check(
     records = cap.select(layers)
     if not records:
         raise ValueError("the capture has no layers to compare; capture some or widen layers=")
+    if grads:
+        records = _with_grads(records)
     has_ops = any(getattr(lc, "op", None) for lc in records)
     new_doc = document([layer_entry(lc, stats) for lc in records], nodeid, name, stats, has_ops)
     text = dumps(stored(new_doc))

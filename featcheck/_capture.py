@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import _ops, _selection
+from . import _grads, _ops, _selection
 from ._records import Capture, LayerCapture
 from ._recorder import Recorder
 from ._state import ModelState, preserved_rng
@@ -300,6 +300,8 @@ def capture(
     keep_samples: bool = True,
     ops: bool = True,
     forward_kwargs: Mapping[str, Any] | None = None,
+    backward: Callable[[Any], torch.Tensor] | None = None,
+    input_grad: bool = False,
     **kwargs: Any,
 ) -> Capture:
     """Run ``model(*args, **kwargs)`` once with hooks on the selected layers.
@@ -332,6 +334,14 @@ def capture(
             looked up among the operations after the forward.
         forward_kwargs: keyword arguments for the model whose names collide with capture's own
             (``layers``, ``train``, ``grad``, ...): ``forward_kwargs={"layers": 4}``.
+        backward: a function of the model's output returning a scalar loss. The forward then
+            runs with autograd on, the loss is differentiated with ``torch.autograd.grad`` (no
+            ``.grad`` is touched), and every record gets ``grad_stats`` (the statistics of
+            d(loss)/d(output)) and the capture ``param_grads`` (see ``featcheck._grads``);
+            ``cap.output`` is kept detached, so no graph or hook outlives the capture.
+        input_grad: with ``backward``, make the floating-point positional inputs require grad
+            (on copies sharing their storage), so that records upstream of every trainable
+            parameter have a gradient path too.
 
     Returns:
         A :class:`Capture`.
@@ -345,8 +355,15 @@ def capture(
     bounds_, override = _check_args(
         eager, layers, saturation_tol, bounds, channel_dim, keep_samples, deferred, ops=ops, train=train, grad=grad
     )
+    _grads.check_backward_args(backward, input_grad)
     kwargs = _merge_kwargs(kwargs, forward_kwargs)
     recorder, selected = _recorder(eager, layers, override, bounds_, saturation_tol, keep_samples, ops, deferred)
+    inputs: list[torch.Tensor] = []
+    if backward is not None:
+        grad = True
+        recorder.grads = _grads.Gradients(keep_samples, watching=False)
+        if input_grad:
+            args, inputs = _grads.grad_inputs(args)
     if note and isinstance(model, nn.DataParallel):
         device = next((p.device for p in eager.parameters()), None)
         if device is not None:
@@ -361,15 +378,23 @@ def capture(
             guard.release()
             with preserved_rng(list(state.tensors())), torch.set_grad_enabled(grad):
                 eager.train(train)
-                eager(*args, **kwargs)
+                out = eager(*args, **kwargs)
+                if recorder.grads is not None and backward is not None:
+                    recorder.grads.run(eager, out, backward, inputs)
+                    recorder.output = _grads.detached(recorder.output)
+                    del out
         finally:
             def undo() -> None:
                 recorder.detach()
+                if recorder.grads is not None:
+                    recorder.grads.close()
                 if state is not None:
                     state.restore()
 
             guard.cleanup(undo)
         recorder.finalize()
+        if recorder.grads is not None:
+            recorder.grads.explain(recorder.records)
         if recorder.errors:
             raise recorder.errors[0]
         _check_deferred(recorder, deferred or [], type(eager).__name__)
@@ -443,6 +468,12 @@ def watch(
     ``ops`` as for :func:`capture`; names that match no module are looked up among the recorded
     operations at the end of the block (when the model ran in it).
 
+    Backward passes the user runs inside the block are recorded too (``grad_stats`` of every
+    record whose output required grad, accumulated over them), and every ``optimizer.step()``
+    that updates the model's parameters adds to ``param_grads``: the gradient the step used, read
+    from ``.grad`` and never written, and the update-to-weight ratio of the step (see
+    ``featcheck._grads``).
+
     Example:
         >>> with featcheck.watch(model, layers=torch.nn.Conv2d) as cap:
         ...     for xb in batches:
@@ -458,16 +489,26 @@ def watch(
             "forwards through the wrapper may not fire hooks.",
             stacklevel=3,
         )
+    recorder.grads = grads = _grads.Gradients(keep_samples, watching=True)
     with _exclusive(eager, "watch"):
         guard = _Interrupts()
+        steps: _grads.StepHooks | None = None
         try:
             guard.critical = True
             recorder.attach(eager, selected)
+            steps = _grads.StepHooks(grads, eager)
             guard.release()
             yield Capture(recorder, type(eager).__name__, note)
         finally:
-            guard.cleanup(recorder.detach)
+            def undo() -> None:
+                recorder.detach()
+                grads.close()
+                if steps is not None:
+                    steps.remove()
+
+            guard.cleanup(undo)
         recorder.finalize()
+        grads.explain(recorder.records)
         if recorder.errors:
             raise recorder.errors[0]
         _check_deferred(recorder, deferred or [], type(eager).__name__)

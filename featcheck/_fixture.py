@@ -47,13 +47,16 @@ class FeatcheckFixture:
             self.captures.append(cap)
             yield cap
 
-    def show(self, x: Any, layers: Any = None, **options: Any) -> None:
+    def show(self, x: Any, layers: Any = None, *, grads: bool = False, **options: Any) -> None:
         """Put channel grids of ``x`` in this test's report.
 
         Args:
             x: a Capture (one picture per selected layer), a LayerCapture, a tensor, or a
                 finished picture (a PIL image from ``pca_rgb``, ``heatmap``, ...), shown as is.
             layers: for a Capture, which layers (same selectors as capture; default all).
+            grads: for a Capture or LayerCapture, draw the gradient maps (d(loss)/d(output),
+                from ``capture(..., backward=...)`` or a watch over a backward pass) instead of
+                the outputs; records without a gradient are left out.
             options: passed to :func:`featcheck.channel_grid` (``max_channels``, ``cmap``,
                 ``normalize``, ``select``, ...).
 
@@ -70,6 +73,10 @@ class FeatcheckFixture:
         import torch
         from PIL import Image
 
+        if not isinstance(grads, bool):
+            raise TypeError(f"grads must be True or False, got {type(grads).__name__}: {grads!r}")
+        if grads:
+            _check_grads_shown(x, layers)
         if isinstance(x, Image.Image):
             unknown = sorted(set(options) - {"title"})
             if unknown or layers is not None:
@@ -90,7 +97,7 @@ class FeatcheckFixture:
                 f"show expects a Capture, a LayerCapture, a tensor or a PIL image, got {type(x).__name__}"
             )
         if self.enabled:
-            self.requests.append(_report._Show(x, layers, options))
+            self.requests.append(_report._Show(x, layers, options, grads))
 
     def show_kernels(self, module: Any, layers: Any = None, **options: Any) -> None:
         """Put kernel grids of ``module`` (a convolution, or every convolution inside a module,
@@ -126,6 +133,7 @@ class FeatcheckFixture:
         rtol: float = 1e-2,
         atol: float = 1e-4,
         stats: bool = True,
+        grads: bool = False,
     ) -> None:
         """Compare ``cap`` with this test's stored baseline (see ``featcheck._baselines``).
 
@@ -137,6 +145,8 @@ class FeatcheckFixture:
             cap: a Capture (its layers, or those chosen by ``layers``).
             name: tells several baselines of one test apart (``<test>.<name>.json``).
             stats: ``False`` guards the architecture only.
+            grads: also compare the gradient records (``"<layer> (grad)"``, each after its
+                layer) of a capture with gradients, under the same rules.
 
         A missing baseline fails and writes nothing; ``pytest --featcheck-update`` writes it.
         """
@@ -160,7 +170,7 @@ class FeatcheckFixture:
         command = f"pytest --featcheck-update {shlex.quote(node.nodeid)}"
         result = _baselines.check(
             cap, path=path, display_path=display, nodeid=node.nodeid, name=name, layers=layers,
-            rtol=rtol, atol=atol, stats=stats, update=self._update,
+            rtol=rtol, atol=atol, stats=stats, update=self._update, grads=grads,
             max_kb=_config.get("baseline_max_kb"), command=command,
         )
         if result is not None:
@@ -172,6 +182,22 @@ class FeatcheckFixture:
         if name in featcheck.__all__:
             return getattr(featcheck, name)
         raise AttributeError(f"the featcheck fixture has no attribute {name!r}")
+
+
+def _check_grads_shown(x: Any, layers: Any) -> None:
+    """``show(x, grads=True)`` needs a capture whose selected records have gradients."""
+    __tracebackhide__ = True
+    if not isinstance(x, (_capture.Capture, _capture.LayerCapture)):
+        raise TypeError(f"grads=True draws the gradient records of a Capture or LayerCapture, got {type(x).__name__}")
+    records = x.select(layers) if isinstance(x, _capture.Capture) else [x]
+    if isinstance(x, _capture.Capture) and not len(x):
+        return  # a watch may still be empty: its gradients arrive later
+    if not any(lc.grad is not None for lc in records):
+        why = next((lc.grad_note for lc in records if lc.grad_note), "")
+        raise ValueError(
+            "show(..., grads=True): no selected record has a gradient; capture with "
+            "backward=lambda out: loss (or run a backward pass inside watch)" + (f" ({why})" if why else "")
+        )
 
 
 def _kernel_modules(module: Any, layers: Any) -> list[tuple[str, Any]]:

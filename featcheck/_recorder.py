@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _config, _layout, _ops, _stats
+from . import _config, _grads, _layout, _ops, _stats
 from ._records import LayerCapture
 
 __all__ = ["Recorder"]
@@ -225,6 +225,7 @@ class Recorder:
         self._mode_on = False
         self.module_names: dict[str, None] = {}  # every module of the model (ops on)
         self.unselected_ops: dict[str, None] = {}  # operations seen but not selected (for hints)
+        self.grads: _grads.Gradients | None = None  # gradient hooks on the outputs (featcheck._grads)
 
     # hooks ---------------------------------------------------------------------------
     def attach(self, root: nn.Module, selected: Mapping[str, nn.Module]) -> None:
@@ -485,6 +486,8 @@ class Recorder:
             shape = t.shape
             samples = shape[0] if t.ndim >= 1 and cdim != 0 else 1
             self._pending.append(_Pending(rec, block, shape, t.dtype, samples, sample))
+            if self.grads is not None:
+                self.grads.hook(rec, t, cdim)
         except Exception as e:  # never break the user's forward for a picture or a statistic
             if rec is None:
                 return

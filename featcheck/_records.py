@@ -105,6 +105,9 @@ class LayerCapture:
         self._acc = _stats.Accumulator(channels)
         self._layout: tuple[Any, ...] = ()  # (shape, dtype, input size) of the last call committed
         self._stats: dict[str, np.ndarray] | None = None
+        # the record of d(loss)/d(this output), filled by the gradient hooks (featcheck._grads)
+        self.grad: LayerCapture | None = None
+        self.grad_note = ""
 
     @property
     def params(self) -> int | None:
@@ -144,6 +147,14 @@ class LayerCapture:
                 del stats["lower_fraction"], stats["upper_fraction"]
             self._stats = stats
         return self._stats
+
+    @property
+    def grad_stats(self) -> dict[str, np.ndarray] | None:
+        """Per-channel statistics of the gradient of the loss with respect to this output, over
+        every backward pass seen: the keys and semantics of :attr:`stats` (without the bound
+        fractions). ``None`` when no gradient was recorded; ``grad_note`` says why (see
+        ``featcheck._grads``)."""
+        return None if self.grad is None else self.grad.stats
 
     def dead_channels(self, tolerance: float | None = None) -> list[int]:
         """Indices of channels that never varied; see :func:`featcheck.assert_no_dead_channels`."""
@@ -217,6 +228,13 @@ class Capture(Mapping[str, LayerCapture]):
         """BatchNorm layers that ran in eval mode with their initial running statistics (mean 0,
         var 1) during the first forward: dead and saturation verdicts on them are suspect."""
         return list(self._rec.default_batchnorm)
+
+    @property
+    def param_grads(self) -> Mapping[str, Mapping[str, Any]]:
+        """Per-parameter gradient summaries, by qualified parameter name (see
+        ``featcheck._grads``); empty when no gradient was recorded."""
+        grads = self._rec.grads
+        return {} if grads is None else grads.param_grads
 
     def select(self, layers: Any = None) -> list[LayerCapture]:
         """The records chosen by ``layers`` (same selectors as capture; a module name selects

@@ -51,6 +51,7 @@ class _Show:
     x: Any
     layers: Any
     options: dict[str, Any]
+    grads: bool = False  # draw the gradient records (``show(cap, grads=True)``)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,16 @@ class _Flagged:
     check: str
 
 
-_Request = Union[_Show, _Kernels, _Flagged]
+@dataclass(frozen=True)
+class _GradFlow:
+    """The gradient-flow picture of a capture with gradients, with the vanishing and exploding
+    zones of the check that failed (or the defaults)."""
+
+    capture: Any
+    zones: tuple[float, float] = (1e-4, 1e4)
+
+
+_Request = Union[_Show, _Kernels, _Flagged, _GradFlow]
 
 
 @dataclass(frozen=True)
@@ -181,6 +191,11 @@ def _drawings(request: _Request, without_sample: list[str]) -> list[_Drawing]:
         return [(lc.name, lambda: _picture(
             lc.name, f"flagged: {check}", _render.channel_grid(lc, flagged=channels, select="energy"), _health(lc)
         ))]
+    if isinstance(request, _GradFlow):
+        cap, (lo, hi) = request.capture, request.zones
+        return [(f"gradient flow of {cap.model_name}", lambda: _picture(
+            cap.model_name, "gradient flow", _render.gradient_flow(cap, min_ratio=lo, max_ratio=hi), []
+        ))]
     if isinstance(request, _Kernels):
         opts = request.options
         out: list[_Drawing] = []
@@ -197,7 +212,11 @@ def _drawings(request: _Request, without_sample: list[str]) -> list[_Drawing]:
         return [(title, lambda: _picture(title, "picture", x, []))]
     if isinstance(x, (Capture, LayerCapture)):
         out = []
-        for lc in x.select(request.layers) if isinstance(x, Capture) else [x]:
+        records = x.select(request.layers) if isinstance(x, Capture) else [x]
+        if request.grads:
+            records = [lc.grad for lc in records if lc.grad is not None]
+            opts = {"normalize": "symmetric", "cmap": "RdBu_r", **opts}  # a gradient's sign matters
+        for lc in records:
             if lc.sample is None:
                 without_sample.append(lc.name)
                 continue
@@ -244,6 +263,8 @@ def _describe(request: _Request) -> str:
         return str(request.lc.name)
     if isinstance(request, _Kernels):
         return "kernels"
+    if isinstance(request, _GradFlow):
+        return "the gradient flow"
     return f"{type(request.x).__name__} (layers={request.layers!r})"
 
 
@@ -506,6 +527,20 @@ def _outcome(report: pytest.TestReport) -> str:
     return report.outcome
 
 
+def _gradient_flows(captures: list[Any], exc: BaseException | None) -> list[_GradFlow]:
+    """Gradient-flow pictures: of the capture a failed gradient check judged (with its zones),
+    then of every capture of the test that recorded gradients."""
+    out: list[_GradFlow] = []
+    failed = getattr(exc, "capture", None) if isinstance(exc, FeatcheckAssertionError) else None
+    if failed is not None:
+        out.append(_GradFlow(failed, getattr(exc, "zones", (1e-4, 1e4))))
+    for cap in captures:
+        grads = getattr(cap._rec, "grads", None)
+        if cap is not failed and grads is not None and grads.order:
+            out.append(_GradFlow(cap))
+    return out
+
+
 # the attribute that carries a worker's record to the controller with its test report (xdist
 # serialises every attribute of a report), so that a worker that dies loses nothing it reported
 HANDOVER = "_featcheck_record"
@@ -567,14 +602,15 @@ class ReportSession:
         captures = list(fixture.captures) if fixture is not None else []
         exc = call.excinfo.value if call.excinfo is not None else None
         flagged = exc.flagged if isinstance(exc, FeatcheckAssertionError) else []
-        if not (requests or captures or flagged):
+        flows = _gradient_flows(captures, exc)
+        if not (requests or captures or flagged or flows):
             return None
         outcome = _outcome(report)
         pictures: list[_Picture] = []
         dropped = 0
         notes: list[str] = []
         if self.wants_pictures(outcome):
-            todo: list[_Request] = [_Flagged(lc, list(ch), check) for lc, ch, check in flagged]
+            todo: list[_Request] = [*flows, *(_Flagged(lc, list(ch), check) for lc, ch, check in flagged)]
             pictures, dropped, notes = render_requests(todo + requests, self.max_pictures)
         return _Record(
             nodeid=report.nodeid,

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._draw import BACKGROUND, MARK_COLOURS, NONFINITE_PIXEL, _lut
+from ._gradflow import gradient_flow
 from ._grid import _check_grid, channel_grid, save_channels
 from ._heatmap import heatmap
 from ._images import IMAGENET_MEAN, IMAGENET_STD, load_image, to_image
@@ -23,6 +24,7 @@ from ._pca import pca_rgb
 __all__ = [
     "channel_grid",
     "check_options",
+    "gradient_flow",
     "heatmap",
     "kernel_grid",
     "load_image",
