@@ -20,11 +20,14 @@ __all__ = [
     "assert_finite",
     "assert_no_dead_channels",
     "assert_not_saturated",
+    "assert_same_activations",
     "assert_shapes",
     "assert_strides",
     "calibrate_batchnorm",
     "capture",
     "channel_grid",
+    "compare",
+    "diff_grid",
     "heatmap",
     "kernel_grid",
     "load_image",
@@ -46,6 +49,9 @@ _LAZY = {
     "assert_shapes": "._checks",
     "assert_strides": "._checks",
     "calibrate_batchnorm": "._calibrate",
+    "assert_same_activations": "._compare",
+    "compare": "._compare",
+    "diff_grid": "._render._diff",
     "channel_grid": "._render._grid",
     "heatmap": "._render._heatmap",
     "kernel_grid": "._render._kernels",
@@ -59,6 +65,8 @@ _LAZY = {
 if TYPE_CHECKING:
     from ._calibrate import calibrate_batchnorm
     from ._capture import Capture, LayerCapture, capture, watch
+    from ._compare import assert_same_activations, compare
+    from ._render._diff import diff_grid
     from ._inputs import sample_input
     from ._render._grid import channel_grid, save_channels
     from ._render._heatmap import heatmap

@@ -300,6 +300,7 @@ def capture(
     keep_samples: bool = True,
     ops: bool = True,
     forward_kwargs: Mapping[str, Any] | None = None,
+    _on_output: Callable[[LayerCapture, torch.Tensor, tuple[Any, ...]], None] | None = None,
     **kwargs: Any,
 ) -> Capture:
     """Run ``model(*args, **kwargs)`` once with hooks on the selected layers.
@@ -346,7 +347,10 @@ def capture(
         eager, layers, saturation_tol, bounds, channel_dim, keep_samples, deferred, ops=ops, train=train, grad=grad
     )
     kwargs = _merge_kwargs(kwargs, forward_kwargs)
-    recorder, selected = _recorder(eager, layers, override, bounds_, saturation_tol, keep_samples, ops, deferred)
+    recorder, selected = _recorder(eager, layers, override, bounds_, saturation_tol, keep_samples, ops, deferred, _on_output)
+    # featcheck.compare (``_on_output``) runs a torch.compile wrapper itself: the compiled code is
+    # what it compares, and the records it shows are those the compiled graph lets run
+    run = model if _on_output is not None and type(model).__name__ == "OptimizedModule" else eager
     if note and isinstance(model, nn.DataParallel):
         device = next((p.device for p in eager.parameters()), None)
         if device is not None:
@@ -361,7 +365,7 @@ def capture(
             guard.release()
             with preserved_rng(list(state.tensors())), torch.set_grad_enabled(grad):
                 eager.train(train)
-                eager(*args, **kwargs)
+                run(*args, **kwargs)
         finally:
             def undo() -> None:
                 recorder.detach()
@@ -387,6 +391,7 @@ def _recorder(
     keep_samples: bool,
     ops: bool,
     deferred: list[tuple[str, str]] | None,
+    on_output: Callable[[LayerCapture, torch.Tensor, tuple[Any, ...]], None] | None = None,
 ) -> tuple[Recorder, dict[str, nn.Module]]:
     """The recorder for one inspection, and its selected modules. A name in ``layers`` that
     matches no module but could name an operation is checked after the forward (``deferred``)."""
@@ -401,7 +406,7 @@ def _recorder(
         deferred[:0] = [("layers", name) for name in unmatched]
     recorder = Recorder(
         channel_dim=override, bounds=bounds, saturation_tol=saturation_tol, keep_samples=keep_samples,
-        ops=ops, want_op=_selection.op_filter(layers),
+        ops=ops, want_op=_selection.op_filter(layers), on_output=on_output,
     )
     return recorder, selected
 
