@@ -44,8 +44,10 @@ __all__ = ["Diff", "Row", "assert_same_activations", "compare"]
 # Default (rtol, atol) by the less precise dtype of a pair. float32's are the contract's
 # defaults; bfloat16's were measured: torch.testing's (1.6e-2, 1e-5) fail a healthy bf16 copy of a
 # small CNN at its first layer with 9% of elements out, (5e-2, 1e-2) pass. Default atol grows
-# with a layer's magnitude (times its RMS where that exceeds 1): rounding errors of a sum scale
-# with its terms, not with each result.
+# with a layer's magnitude (times its largest |value| where that exceeds 1): the rounding error
+# of a sum follows the size of its terms, not of the result, so values near zero in a layer of
+# large values carry errors of the layer's scale (a bf16 DemoCNN: errors of 0.12 in a layer
+# whose values reach 17).
 _DEFAULT_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-7, 1e-7),
     torch.float32: (1e-4, 1e-5),
@@ -75,7 +77,7 @@ class Row:
         channels: the channels holding such elements.
         inputs_diverged: whether the record's inputs (the module's tensor arguments, or the
             operation's) already differed beyond tolerance; ``None`` when it had no tensor input.
-        rtol, atol: the tolerances applied to this pair.
+        rtol, atol: the tolerances applied to this pair (atol after scaling, see compare).
         shape: the reference's output shape.
         note: why the pair could not be compared element-wise ('' when it was).
     """
@@ -160,6 +162,7 @@ class _Result:
     mismatched: float
     channels: list[int]
     worst: list[int]
+    atol: float = 0.0
     note: str = ""
     maps: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None
 
@@ -168,9 +171,9 @@ def _work_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
     return torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
 
 
-def _rms(ref: torch.Tensor) -> float:
-    finite = ref[torch.isfinite(ref)] if not bool(torch.isfinite(ref).all()) else ref
-    return float(finite.square().mean().sqrt()) if finite.numel() else 0.0
+def _peak(ref: torch.Tensor) -> float:
+    """The largest finite |value| (0 when there is none)."""
+    return float(torch.nan_to_num(ref, nan=0.0, posinf=0.0, neginf=0.0).abs().max()) if ref.numel() else 0.0
 
 
 def compare_tensors(
@@ -185,25 +188,25 @@ def compare_tensors(
 ) -> _Result:
     """Element-wise comparison of two outputs (pure logic, no model).
 
-    ``atol`` is multiplied by the reference's RMS where that exceeds 1 when ``scale_atol``
-    (default tolerances). NaN against NaN and equal infinities agree. ``keep`` keeps the maps
+    ``atol`` is multiplied by the reference's largest finite ``|value|`` where that exceeds 1
+    when ``scale_atol`` (default tolerances); the atol applied is in the result. NaN against NaN and equal infinities agree. ``keep`` keeps the maps
     :func:`featcheck.diff_grid` draws.
     """
     if tuple(ref.shape) != tuple(cand.shape):
-        return _Result(math.nan, math.nan, 1.0, [], [], f"shapes differ: {tuple(ref.shape)} vs {tuple(cand.shape)}")
+        return _Result(math.nan, math.nan, 1.0, [], [], atol, f"shapes differ: {tuple(ref.shape)} vs {tuple(cand.shape)}")
     dtype = _work_dtype(ref, cand)
     r = ref.to(dtype)
     c = cand.to(ref.device, dtype)
     n = r.numel()
     if n == 0 or torch.equal(r, c):  # the common case (a copy): one pass
-        return _Result(0.0, 0.0, 0.0, [], [], maps=_maps(r, c, None, channel_dim) if keep else None)
+        return _Result(0.0, 0.0, 0.0, [], [], atol, maps=_maps(r, c, None, channel_dim) if keep else None)
     diff = (c - r).abs_()
     finite = torch.isfinite(diff)
     if not bool(finite.all()):
         agree = (r == c) | (r.isnan() & c.isnan())
         diff = torch.where(agree, torch.zeros((), dtype=dtype), torch.where(finite, diff, torch.full((), math.inf, dtype=dtype)))
     if scale_atol:
-        atol = atol * max(1.0, _rms(r))
+        atol = atol * max(1.0, _peak(r))
     out = diff > r.abs().mul_(rtol).add_(atol)
     max_abs = float(diff.max())
     rel = diff / r.abs()
@@ -217,7 +220,7 @@ def compare_tensors(
         channels = hit.nonzero().flatten().tolist()
         peak = per_channel.amax(1)
         worst = [i for i in torch.argsort(peak, descending=True, stable=True).tolist() if bool(hit[i])]
-    return _Result(max_abs, max_rel, count / n, channels, worst, maps=_maps(r, c, diff, channel_dim) if keep else None)
+    return _Result(max_abs, max_rel, count / n, channels, worst, atol, maps=_maps(r, c, diff, channel_dim) if keep else None)
 
 
 def _maps(
@@ -401,10 +404,14 @@ class _Comparison:
     def on_candidate(self, rec: LayerCapture, t: torch.Tensor, args: tuple[Any, ...]) -> None:
         try:
             self.cand_order += 1
-            name = self.inverse.get(rec.name, rec.name)
-            entry = self.ref.get(name)
-            if entry is not None and tuple(entry.out.shape) == tuple(t.shape):
-                del self.ref[name]
+            mapped = self.inverse.get(rec.name)
+            entry = self.ref.get(rec.name if mapped is None else mapped)
+            # a name that is the same by chance (Sequential indices after an insertion) is left to
+            # the structural alignment at the end: same name, type and shape is a match now
+            if entry is not None and tuple(entry.out.shape) == tuple(t.shape) and (
+                mapped is not None or entry.rec.module_type == rec.module_type
+            ):
+                del self.ref[entry.rec.name]
                 row = self._row(entry, rec, t, _tensors(args), self.cand_order)
                 self._remember(t, row.diverged)
                 return
@@ -434,7 +441,7 @@ class _Comparison:
         res = compare_tensors(ref.out, cand, ref.rec.channel_dim, rtol, atol, scale_atol=scaled, keep=True)
         row = Row(
             ref.rec.name, cand_rec.name, res.max_abs, res.max_rel, res.mismatched, res.channels,
-            self._inputs_diverged(ref.inputs, inputs, rtol, atol, scaled), rtol, atol, tuple(ref.out.shape),
+            self._inputs_diverged(ref.inputs, inputs, rtol, atol, scaled), rtol, res.atol, tuple(ref.out.shape),
             res.note, res.worst, order, res.maps,
         )
         self.rows.append(row)
@@ -535,7 +542,8 @@ def compare(
         rtol, atol: tolerances, a number or ``{layer name or pattern: number}``. By default they
             follow the less precise dtype of each pair (float32: 1e-4 and 1e-5; bfloat16: 5e-2
             and 1e-2; float16: 1e-2 and 1e-3; float64: 1e-7 and 1e-7), and the default atol is
-            multiplied by the layer's RMS where that exceeds 1. Given numbers apply as given.
+            multiplied by the layer's largest |value| where that exceeds 1. Given numbers apply
+            as given.
         mapping: reference record name -> candidate record name, as a dict or a callable
             (returning None for no counterpart), for records whose names differ; names are
             matched as they are otherwise, and what is left is aligned structurally.
