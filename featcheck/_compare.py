@@ -207,7 +207,10 @@ def compare_tensors(
         diff = torch.where(agree, torch.zeros((), dtype=dtype), torch.where(finite, diff, torch.full((), math.inf, dtype=dtype)))
     if scale_atol:
         atol = atol * max(1.0, _peak(r))
-    out = diff > r.abs().mul_(rtol).add_(atol)
+    tol = r.abs().mul_(rtol).add_(atol)
+    if not bool(finite.all()):  # a NaN or Inf reference allows nothing but itself (agreeing: 0)
+        tol = torch.nan_to_num(tol, nan=0.0, posinf=0.0)
+    out = diff > tol
     max_abs = float(diff.max())
     rel = diff / r.abs()
     max_rel = float(torch.nan_to_num(rel, nan=0.0, posinf=math.inf).max())  # 0/0 agrees; x/0 is inf
