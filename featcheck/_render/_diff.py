@@ -151,3 +151,111 @@ def diff_grid(diff: Any, layer: str) -> Image.Image:
         ref, cand, chosen, [f"{name}  {'x'.join(map(str, row.shape))}", status],
         flagged=[i for i, c in enumerate(chosen) if c in bad],
     )
+
+
+# -- visual baselines: one small picture per layer, stored beside the JSON ------------------------
+
+# Each layer keeps its first PICTURE_CHANNELS channels of the capture's sample, each map strided
+# to at most PICTURE_SIDE per side, quantised to 8 bits on the layer's own finite range: at most
+# 8 x 32 x 32 bytes a layer before PNG compression. The whole file is capped at PICTURE_MAX_KB.
+PICTURE_CHANNELS = 8
+PICTURE_SIDE = 32
+PICTURE_MAX_KB = 1024
+PICTURE_FORMAT = 1
+_PICTURE_KEY = "featcheck-baseline-pictures"
+
+
+def layer_maps(sample: torch.Tensor) -> np.ndarray:
+    """The maps a visual baseline keeps of one record's sample (``[C, *spatial]``)."""
+    maps = _as_maps(sample[:PICTURE_CHANNELS])
+    steps = [max(1, math.ceil(s / PICTURE_SIDE)) for s in maps.shape[1:]]
+    return maps[:, :: steps[0], :: steps[1]]
+
+
+def _on_scale(maps: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``maps`` rounded to the 8-bit grid of ``[lo, hi]`` (not clipped), as values."""
+    if not hi > lo:
+        return maps
+    # the arithmetic of encode_pictures and decode_pictures, without the clipping to [lo, hi]
+    q = np.floor((maps - lo) / (hi - lo) * 255.0 + 0.5)
+    return lo + q / 255 * (hi - lo)
+
+
+def encode_pictures(layers: list[tuple[str, np.ndarray]]) -> bytes:
+    """One greyscale PNG holding every layer's maps as a band, the index in a text chunk."""
+    import io
+    import json
+
+    from PIL import PngImagePlugin
+
+    bands, index, y = [], [], 0
+    for name, maps in layers:
+        k, h, w = maps.shape
+        finite = maps[np.isfinite(maps)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        q, _ = _quantised(maps, lo, hi)
+        bands.append(q.transpose(1, 0, 2).reshape(h, k * w))
+        index.append({"name": name, "y": y, "channels": k, "h": h, "w": w, "lo": lo, "hi": hi})
+        y += h
+    width = max((b.shape[1] for b in bands), default=1)
+    atlas = np.zeros((max(1, y), width), np.uint8)
+    for band, entry in zip(bands, index):
+        atlas[entry["y"] : entry["y"] + band.shape[0], : band.shape[1]] = band
+    info = PngImagePlugin.PngInfo()
+    info.add_text(_PICTURE_KEY, json.dumps({"format": PICTURE_FORMAT, "layers": index}))
+    buf = io.BytesIO()
+    Image.fromarray(atlas, "L").save(buf, format="png", pnginfo=info, compress_level=9)
+    return buf.getvalue()
+
+
+def decode_pictures(data: bytes) -> dict[str, np.ndarray]:
+    """``{layer: maps}`` (values on the stored 8-bit grid) of a file from :func:`encode_pictures`;
+    ValueError saying what is wrong for anything else."""
+    import io
+    import json
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        meta = json.loads(image.info[_PICTURE_KEY])
+        atlas = np.asarray(image.convert("L"))
+        if meta.get("format") != PICTURE_FORMAT:
+            raise ValueError(f"has format {meta.get('format')!r}, featcheck reads format {PICTURE_FORMAT}")
+        out = {}
+        for e in meta["layers"]:
+            k, h, w, y = int(e["channels"]), int(e["h"]), int(e["w"]), int(e["y"])
+            band = atlas[y : y + h, : k * w]
+            if band.shape != (h, k * w):
+                raise ValueError(f"is cut short at layer {e['name']!r}")
+            q = band.reshape(h, k, w).transpose(1, 0, 2).astype(np.float64)
+            lo, hi = float(e["lo"]), float(e["hi"])
+            out[str(e["name"])] = lo + q / 255 * (hi - lo)
+        return out
+    except ValueError:
+        raise
+    except Exception as e:  # a truncated PNG, a missing index, a malformed entry
+        raise ValueError(f"is not a featcheck pictures file ({type(e).__name__}: {e})") from None
+
+
+class BaselinePicture:
+    """A changed layer of a visual baseline as the report draws it: baseline | current |
+    difference (``draw``), in place of a LayerCapture among a failure's flagged layers."""
+
+    def __init__(self, name: str, stored: np.ndarray, current: np.ndarray, why: str) -> None:
+        self.name = name
+        self._stored = stored
+        self._current = current
+        self._why = why
+
+    def draw(self) -> tuple[Image.Image, list[tuple[str, str]]]:
+        """The picture and the figures beside it."""
+        stored = self._stored
+        finite = stored[np.isfinite(stored)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        current = _on_scale(self._current, lo, hi)  # same grid as the stored maps: equal is equal
+        image = triptych(
+            stored, current, list(range(stored.shape[0])),
+            [self.name or "(root)", f"{self._why}; first {stored.shape[0]} channels of the first sample, 8-bit"],
+            names=("baseline", "current"),
+        )
+        return image, [("baseline", self._why)]
