@@ -349,6 +349,11 @@ class _Held:
         self._seen[id(t)] = (weakref.ref(t), t._version, kept)
         return kept
 
+    def forget(self) -> None:
+        """The forward is over: no tensor can be seen again, and the copies must be held by
+        their records only, so that each is freed once its record has been compared."""
+        self._seen.clear()
+
     def _budgeted_copy(self, t: torch.Tensor) -> torch.Tensor | None:
         size = t.numel() * t.element_size()
         on_cpu = t.device.type == "cpu"
@@ -590,7 +595,9 @@ def compare(
         )
         if state.errors:
             raise state.errors[0]
+        state.ref_held.forget()
         state.inverse = _inverse(mapping, ref_cap.names)
+        del ref_cap  # it holds the reference's output: only the copies are needed now
         c_dtype, c_device = _model_place(cand_eager)
         # with a mapping the candidate's names differ: all its records are seen and aligned
         capture(
@@ -600,6 +607,7 @@ def compare(
         )
         if state.errors:
             raise state.errors[0]
+        state.cand_held.forget()
         only_ref, only_cand = state.finish()
     notes = []
     if "torch.compile" in cand_note:

@@ -221,8 +221,9 @@ class Recorder:
         self._mode_on = False
         self.module_names: dict[str, None] = {}  # every module of the model (ops on)
         self.unselected_ops: dict[str, None] = {}  # operations seen but not selected (for hints)
-        # featcheck.compare: each output goes to this callback as it is produced, unreduced
-        # (with the module's or operation's tensor arguments), instead of to the statistics
+        # featcheck.compare: each output goes to this callback as it is produced, unreduced, with
+        # the module's or operation's arguments, instead of to the statistics (the tensor object
+        # itself: compare tells a tensor seen before by its identity and version)
         self._on_output = on_output
 
     # hooks ---------------------------------------------------------------------------
@@ -465,7 +466,7 @@ class Recorder:
             if why:
                 _note(rec, why)
             elif self._on_output is not None:
-                self._on_output(rec, t.detach(), args)
+                self._on_output(rec, t, args)
             else:
                 x = t.detach()
                 block = _stats.reduce(x, cdim, rec.bounds, self._tol, self._scratch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
@@ -207,3 +208,25 @@ def test_bad_arguments_fail_before_any_forward(resnet18: nn.Module, x18: torch.T
         featcheck.compare(resnet18, copy.deepcopy(resnet18), x18, mapping=["conv1"])
     with pytest.raises(TypeError, match="max_memory must be a number of bytes"):
         featcheck.compare(resnet18, copy.deepcopy(resnet18), x18, max_memory=-5)
+
+
+def _live(shape: tuple[int, ...]) -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is torch.Tensor and tuple(o.shape) == shape)
+
+
+def test_reference_copies_are_shared_and_dropped_once_compared() -> None:
+    # Channel counts tell the records' outputs apart: output i is [1, 5 + i, 6, 6].
+    widths = [5, 6, 7, 8, 9]
+    ref = nn.Sequential(*[nn.Conv2d(c, c + 1, 1) for c in [4, *widths[:-1]]])
+    seen: list[list[int]] = []
+    cand = copy.deepcopy(ref)
+    cand[-1].register_forward_pre_hook(lambda m, a: seen.append([_live((1, c, 6, 6)) for c in widths]))
+    x = torch.randn(1, 4, 6, 6)
+    # every input is the output of the record before it: one copy each, 5 outputs and x
+    size = sum(4 * 36 * c for c in [4, *widths])
+    diff = featcheck.compare(ref, cand, x, max_memory=size)
+    assert diff.skipped == [] and len(diff.rows) == 5
+    # at the last layer: the copies of outputs 0-2 are gone (compared, no longer an input),
+    # output 3 is alive twice (the candidate's live one and the copy it is compared with next)
+    assert seen == [[0, 0, 0, 2, 1]]

@@ -255,7 +255,7 @@ class BaselinePicture:
         current = _on_scale(self._current, lo, hi)  # same grid as the stored maps: equal is equal
         image = triptych(
             stored, current, list(range(stored.shape[0])),
-            [self.name or "(root)", f"{self._why}; first {stored.shape[0]} channels of the first sample, 8-bit"],
+            [self.name or "(root)", self._why, f"first {stored.shape[0]} channels of the first sample, stored with 8 bits"],
             names=("baseline", "current"),
         )
         return image, [("baseline", self._why)]
