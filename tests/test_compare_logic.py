@@ -118,3 +118,17 @@ def test_diff_grid_checks_its_arguments() -> None:
         featcheck.diff_grid("diff", "")  # type: ignore[arg-type]
     with pytest.raises(featcheck.LayerNotFoundError, match="layer3"):
         featcheck.diff_grid(diff, "layer3")
+
+
+def test_copies_compare_by_their_bytes_and_equal_values_in_other_bytes_still_agree() -> None:
+    from featcheck._compare import _same_bits
+
+    x = torch.randn(2, 3, 5, 5)
+    assert _same_bits(x, x.clone()) and not _same_bits(x, x + 1)
+    cl = x.to(memory_format=torch.channels_last)
+    assert _same_bits(cl, cl.clone()) and not _same_bits(x, cl)  # layouts differ: not told this way
+    assert compare_tensors(x, cl, 1, 0.0, 0.0).max_abs == 0  # ... but compared by value
+    zeros, negative = torch.zeros(1, 4), -torch.zeros(1, 4)
+    assert not _same_bits(zeros, negative)
+    res = compare_tensors(zeros, negative, 1, 0.0, 0.0)
+    assert res.mismatched == 0 and res.max_abs == 0
