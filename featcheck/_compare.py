@@ -244,10 +244,10 @@ def compare_tensors(
     channels: list[int] = []
     worst: list[int] = []
     if count and channel_dim is not None and r.ndim >= 1:
-        per_channel = diff.movedim(channel_dim, 0).reshape(r.shape[channel_dim], -1)
-        hit = out.movedim(channel_dim, 0).reshape(r.shape[channel_dim], -1).any(1)
+        others = [d for d in range(r.ndim) if d != channel_dim]  # reduced in place, no copy
+        hit = out.any(dim=others) if others else out
+        peak = diff.amax(dim=others) if others else diff
         channels = hit.nonzero().flatten().tolist()
-        peak = per_channel.amax(1)
         worst = [i for i in torch.argsort(peak, descending=True, stable=True).tolist() if bool(hit[i])]
     return _Result(max_abs, max_rel, count / n, channels, worst, atol, maps=_maps(r, c, diff, channel_dim) if keep else None)
 
