@@ -382,9 +382,8 @@ class _Held:
     """The tensors of one side, keyed by identity: a tensor seen again unchanged (same object,
     same version) is not copied again."""
 
-    def __init__(self, max_memory: int | None, copy: bool) -> None:
+    def __init__(self, max_memory: int | None) -> None:
         self._seen: dict[int, tuple[weakref.ref[torch.Tensor], int, torch.Tensor | None]] = {}
-        self._copy = copy
         self._max = max_memory
         self.bytes = {"device": 0, "cpu": 0}
 
@@ -393,10 +392,7 @@ class _Held:
         hit = self._seen.get(id(t))
         if hit is not None and hit[0]() is t and hit[1] == t._version:
             return hit[2]
-        if not self._copy:
-            kept: torch.Tensor | None = t
-        else:
-            kept = self._budgeted_copy(t)
+        kept = self._budgeted_copy(t)
         self._seen[id(t)] = (weakref.ref(t), t._version, kept)
         return kept
 
@@ -432,20 +428,19 @@ def _tensors(args: Sequence[Any]) -> list[torch.Tensor]:
 class _Comparison:
     """The state of one comparison: held reference records, rows, deferred candidate records."""
 
-    def __init__(self, rtol: Tolerance, atol: Tolerance, mapping: Any, max_memory: int | None) -> None:
+    def __init__(self, rtol: Tolerance, atol: Tolerance, max_memory: int | None) -> None:
         self.rtol, self.atol = rtol, atol
-        self.mapping = mapping
         self.inverse: dict[str, str] = {}
         self.ref: dict[str, _Entry] = {}
-        self.ref_held = _Held(max_memory, copy=True)
+        self.ref_held = _Held(max_memory)
         self.skipped: list[str] = []
         self.rows: list[Row] = []
         self.deferred: dict[str, _Entry] = {}
-        self.cand_held = _Held(None, copy=True)
+        self.cand_held = _Held(None)  # only records that wait for the alignment are copied
         # the candidate's compared outputs, by identity: their verdict answers inputs_diverged
         self.verdicts: dict[int, tuple[weakref.ref[torch.Tensor], int, bool]] = {}
         self.cand_order = 0
-        self.errors: list[BaseException] = []
+        self.errors: list[Exception] = []
 
     # reference side
     def on_reference(self, rec: LayerCapture, t: torch.Tensor, args: tuple[Any, ...]) -> None:
@@ -456,7 +451,7 @@ class _Comparison:
                 self.skipped.append(rec.name)
                 return
             self.ref[rec.name] = _Entry(rec, out, inputs, len(self.ref))  # type: ignore[arg-type]
-        except BaseException as e:  # raised after the forward: a hook never breaks it
+        except Exception as e:  # raised after the forward: a hook never breaks it
             self.errors.append(e)
 
     # candidate side
@@ -476,7 +471,7 @@ class _Comparison:
             out = self.cand_held.keep(t)
             inputs = [self.cand_held.keep(a) for a in _tensors(args)]
             self.deferred[rec.name] = _Entry(rec, out, inputs, self.cand_order)  # type: ignore[arg-type]
-        except BaseException as e:
+        except Exception as e:
             self.errors.append(e)
 
     def _remember(self, t: torch.Tensor, diverged: bool) -> None:
@@ -494,7 +489,7 @@ class _Comparison:
         rtol, atol = _lookup(self.rtol, names), _lookup(self.atol, names)
         return (d_rtol if rtol is None else rtol), (d_atol if atol is None else atol), atol is None
 
-    def _row(self, ref: _Entry, cand_rec: LayerCapture, cand: torch.Tensor, inputs: list[torch.Tensor], order: int) -> Row:
+    def _row(self, ref: _Entry, cand_rec: LayerCapture, cand: torch.Tensor, inputs: list[torch.Tensor], order: int) -> None:
         rtol, atol, scaled = self._tolerances(ref, cand_rec, cand)
         res = compare_tensors(ref.out, cand, ref.rec.channel_dim, rtol, atol, scale_atol=scaled, keep=True)
         # known before the inputs are looked at: a module that wrote its input in place
@@ -506,7 +501,6 @@ class _Comparison:
             res.note, res.worst, order, res.maps,
         )
         self.rows.append(row)
-        return row
 
     def _inputs_diverged(
         self, ref: list[torch.Tensor], cand: list[torch.Tensor], rtol: float, atol: float, scaled: bool
@@ -597,9 +591,10 @@ def compare(
             run itself: records that its compiled code does not let run are listed in
             ``Diff.only_reference``.
         *args, **kwargs: the inputs; floating tensors are cast to each model's dtype and device.
-        layers: which records to compare (selectors as for :func:`capture`, applied to the
-            reference; the candidate's records are matched to them); default every leaf module
-            and operation.
+        layers: which records to compare (selectors as for :func:`capture`), applied to both
+            models; with a ``mapping`` the candidate's names differ, so all its records are
+            seen and those without a counterpart listed. Default every leaf module and
+            operation.
         rtol, atol: tolerances, a number or ``{layer name or pattern: number}``. By default they
             follow the less precise dtype of each pair (float32: 1e-4 and 1e-5; bfloat16: 5e-2
             and 1e-2; float16: 1e-2 and 1e-3; float64: 1e-7 and 1e-7), and the default atol is
@@ -611,7 +606,9 @@ def compare(
         ops: compare operation records too (``F.relu``, ``out += identity``), as in capture.
         max_memory: bytes the held reference copies may take on the reference's device; past it
             copies go to the CPU (for an accelerator), and past the same amount there records
-            are not compared and are listed in ``Diff.skipped``.
+            are not compared and are listed in ``Diff.skipped``. Default: no limit (a full
+            comparison holds a copy of every selected output of the reference, see the module
+            docstring).
         forward_kwargs: model keyword arguments whose names collide with compare's own.
 
     Returns:
@@ -638,7 +635,7 @@ def compare(
     cand_eager, cand_note = unwrap(candidate)
     if ref_eager is cand_eager:
         raise ValueError("reference and candidate wrap the same module: compare it with a copy (copy.deepcopy(model)).")
-    state = _Comparison(rtol, atol, mapping, max_memory)
+    state = _Comparison(rtol, atol, max_memory)
     with torch.no_grad():
         r_dtype, r_device = _model_place(ref_eager)
         ref_cap = capture(
