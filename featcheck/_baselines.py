@@ -507,7 +507,7 @@ def check(
     pictures: bool = False,
 ) -> str | None:
     """Compare (or, with ``update``, write) one baseline. Returns 'written' / 'updated' / None.
-    With ``pictures`` a visual baseline is kept beside it (see :class:`_Pictures`)."""
+    With ``pictures`` a visual baseline is kept beside it (see ``featcheck._visual_baselines``)."""
     __tracebackhide__ = True
     for arg, value in (("rtol", rtol), ("atol", atol)):
         if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value < math.inf:
@@ -526,7 +526,9 @@ def check(
             "or pass stats=False to guard the architecture only."
         )
     _check_place(path, display_path, command)
-    pics = _Pictures(records, path, display_path, command) if pictures else None
+    from ._visual_baselines import Pictures
+
+    pics = Pictures(records, path, display_path, command) if pictures else None
     if not path.exists():
         if update:
             _write(path, text, display_path, command)
@@ -568,87 +570,3 @@ def check(
     if pics is not None:
         flagged = pics.flagged(flagged, diff)
     raise FeatcheckAssertionError(render_diff(diff, display_path, rtol, atol, command), flagged)
-
-
-class _Pictures:
-    """The visual baseline beside a JSON baseline (``<name>.png``): one small picture per layer,
-    quantised (see ``featcheck._render._diff``). The same rules as the JSON: written only with
-    ``--featcheck-update``, atomically; a missing one fails, a corrupt one fails and is left as it
-    is. It is not a check of its own: when the JSON check fails, the report shows baseline |
-    current | difference for the changed layers."""
-
-    def __init__(self, records: list[Any], path: Path, display_path: str, command: str) -> None:
-        __tracebackhide__ = True
-        from ._render import _diff
-
-        self._diff = _diff
-        missing = [lc.name for lc in records if lc.sample is None]
-        if missing:
-            raise ValueError(
-                f"check_baseline(pictures=True) draws each layer's sample, but {', '.join(missing[:3])} "
-                "kept none: capture with keep_samples=True (the default)"
-            )
-        self.current = {lc.name: _diff.layer_maps(lc.sample) for lc in records}
-        self.path = path.with_suffix(".png")
-        self.display = str(Path(display_path).with_suffix(".png"))
-        self.command = command
-        self.data = _diff.encode_pictures(list(self.current.items()))
-        if len(self.data) > _diff.PICTURE_MAX_KB * 1024:
-            raise FeatcheckAssertionError(
-                f"featcheck baseline pictures {self.display} would be {len(self.data) / 1024:.0f} KiB, above "
-                f"the cap of {_diff.PICTURE_MAX_KB} KiB. Check fewer layers (layers=...)."
-            )
-
-    def write(self) -> None:
-        __tracebackhide__ = True
-        _check_place(self.path, self.display, self.command)
-        try:
-            write_atomic(self.path, self.data, durable=True)
-        except OSError as e:
-            raise FeatcheckAssertionError(
-                f"featcheck baseline pictures {self.display} could not be written ({e.__class__.__name__}: "
-                f"{e.strerror or e}); any existing file was left as it is. Make its folder writable, "
-                f"then run: {self.command}"
-            ) from None
-
-    def _stored(self) -> dict[str, np.ndarray]:
-        """The stored pictures; BaselineError when missing or unreadable."""
-        if not self.path.is_file():
-            raise BaselineError("does not exist")
-        try:
-            return self._diff.decode_pictures(self.path.read_bytes())
-        except (OSError, ValueError) as e:
-            raise BaselineError(str(e)) from None
-
-    def check(self, update: bool) -> str | None:
-        """The JSON agreed: the pictures must be there and readable (written with update)."""
-        __tracebackhide__ = True
-        try:
-            self._stored()
-        except BaselineError as e:
-            if update:
-                self.write()
-                return "written (pictures)"
-            raise FeatcheckAssertionError(
-                f"featcheck baseline pictures {self.display} {e}; nothing was written and it was left "
-                f"as it is.\nWrite them from this capture with: {self.command}"
-            ) from None
-        return None
-
-    def flagged(self, flagged: list[tuple[Any, list[int], str]], diff: Diff) -> list[tuple[Any, list[int], str]]:
-        """Changed layers that have a stored picture of the same size are drawn against it."""
-        try:
-            stored = self._stored()
-        except BaselineError:
-            return flagged
-        why = {y["name"]: ", ".join(w) or "changed" for _, y, w in diff.changed}
-        why.update({n: "; ".join(lines) for n, lines in diff.drift})
-        out = []
-        for lc, channels, check in flagged:
-            old = stored.get(lc.name)
-            now = self.current.get(lc.name)
-            if old is not None and now is not None and old.shape == now.shape:
-                out.append((self._diff.BaselinePicture(lc.name, old, now, why.get(lc.name, "changed")), channels, check))
-            else:
-                out.append((lc, channels, check))
-        return out
