@@ -650,11 +650,21 @@ def compare(
         del ref_cap  # it holds the reference's output: only the copies are needed now
         c_dtype, c_device = _model_place(cand_eager)
         # with a mapping the candidate's names differ: all its records are seen and aligned
-        capture(
-            candidate, *_cast(args, c_dtype, c_device), layers=layers if mapping is None else None, keep_samples=False, ops=ops,
-            forward_kwargs=forward_kwargs, _on_output=torch.compiler.disable(state.on_candidate),
-            **_cast(kwargs, c_dtype, c_device),
-        )
+        try:
+            capture(
+                candidate, *_cast(args, c_dtype, c_device), layers=layers if mapping is None else None, keep_samples=False, ops=ops,
+                forward_kwargs=forward_kwargs, _on_output=torch.compiler.disable(state.on_candidate),
+                **_cast(kwargs, c_dtype, c_device),
+            )
+        except Exception as e:
+            if "torch.compile" in cand_note and type(e).__module__.startswith("torch._dynamo"):
+                raise RuntimeError(
+                    "the candidate's torch.compile wrapper could not run with featcheck's hooks "
+                    f"({type(e).__name__}): they break its graph, which torch.compile(fullgraph=True) "
+                    "forbids. Compare a torch.compile(...) of the model without fullgraph=True, or its "
+                    "eager module (candidate._orig_mod)."
+                ) from e
+            raise
         if state.errors:
             raise state.errors[0]
         state.cand_held.forget()

@@ -170,6 +170,11 @@ def test_a_compiled_candidate_is_run_through_its_wrapper() -> None:
     compiled_small = torch.compile(nn.Sequential(*list(copy.deepcopy(model).features)[:4]), backend=backend)
     diff = featcheck.compare(nn.Sequential(*list(model.features)[:5]), compiled_small, x)
     assert diff.only_reference == ["4"] and "1 reference record(s) go unseen" in diff.note
+    # dynamo caches compiled code per forward: a class of its own, never compiled without fullgraph
+    glue = _TwoConvs(glue=1.01)
+    fullgraph = torch.compile(copy.deepcopy(glue), backend=backend, fullgraph=True)
+    with pytest.raises(RuntimeError, match=r"break its graph, which torch.compile\(fullgraph=True\) forbids"):
+        featcheck.compare(glue, fullgraph, x)
 
 
 def test_in_place_writes_in_the_reference_do_not_change_what_it_holds() -> None:
