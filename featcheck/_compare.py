@@ -197,7 +197,12 @@ def _work_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
 
 def _peak(ref: torch.Tensor) -> float:
     """The largest finite |value| (0 when there is none)."""
-    return float(torch.nan_to_num(ref, nan=0.0, posinf=0.0, neginf=0.0).abs().max()) if ref.numel() else 0.0
+    if not ref.numel():
+        return 0.0
+    peak = max(abs(float(ref.max())), abs(float(ref.min())))  # two passes, no temporary
+    if math.isfinite(peak):
+        return peak
+    return float(torch.nan_to_num(ref, nan=0.0, posinf=0.0, neginf=0.0).abs().max())
 
 
 def compare_tensors(
@@ -227,19 +232,24 @@ def compare_tensors(
     if torch.equal(r, c):
         return _Result(0.0, 0.0, 0.0, [], [], atol, maps=_maps(r, None, None, channel_dim) if keep else None)
     diff = (c - r).abs_()
-    finite = torch.isfinite(diff)
-    if not bool(finite.all()):
+    max_abs = float(diff.max())  # NaN or inf when any difference is: then the slow way
+    nonfinite = not math.isfinite(max_abs)
+    if nonfinite:
         agree = (r == c) | (r.isnan() & c.isnan())
+        finite = torch.isfinite(diff)
         diff = torch.where(agree, torch.zeros((), dtype=dtype), torch.where(finite, diff, torch.full((), math.inf, dtype=dtype)))
+        max_abs = float(diff.max())
     if scale_atol:
         atol = atol * max(1.0, _peak(r))
-    tol = r.abs().mul_(rtol).add_(atol)
-    if not bool(finite.all()):  # a NaN or Inf reference allows nothing but itself (agreeing: 0)
+    magnitude = r.abs()
+    tol = magnitude.mul(rtol).add_(atol)
+    if nonfinite:  # a NaN or Inf reference allows nothing but itself (agreeing: 0)
         tol = torch.nan_to_num(tol, nan=0.0, posinf=0.0)
     out = diff > tol
-    max_abs = float(diff.max())
-    rel = diff / r.abs()
-    max_rel = float(torch.nan_to_num(rel, nan=0.0, posinf=math.inf).max())  # 0/0 agrees; x/0 is inf
+    del tol
+    rel = diff.div(magnitude).nan_to_num_(nan=0.0, posinf=math.inf)  # 0/0 agrees; x/0 is inf
+    max_rel = float(rel.max())
+    del rel, magnitude
     count = int(out.sum())
     channels: list[int] = []
     worst: list[int] = []
