@@ -25,12 +25,15 @@ __all__ = [
     "assert_no_dead_gradients",
     "assert_not_saturated",
     "assert_params_receive_grad",
+    "assert_same_activations",
     "assert_shapes",
     "assert_strides",
     "calibrate_batchnorm",
     "capture",
     "channel_grid",
     "gradient_flow",
+    "compare",
+    "diff_grid",
     "heatmap",
     "kernel_grid",
     "load_image",
@@ -58,6 +61,9 @@ _LAZY = {
     "assert_params_receive_grad": "._gradchecks",
     "gradient_flow": "._render._gradflow",
     "calibrate_batchnorm": "._calibrate",
+    "assert_same_activations": "._compare",
+    "compare": "._compare",
+    "diff_grid": "._render._diff",
     "channel_grid": "._render._grid",
     "heatmap": "._render._heatmap",
     "kernel_grid": "._render._kernels",
@@ -79,6 +85,8 @@ if TYPE_CHECKING:
         assert_params_receive_grad,
     )
     from ._render._gradflow import gradient_flow
+    from ._compare import assert_same_activations, compare
+    from ._render._diff import diff_grid
     from ._inputs import sample_input
     from ._render._grid import channel_grid, save_channels
     from ._render._heatmap import heatmap

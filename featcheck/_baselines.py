@@ -519,8 +519,10 @@ def check(
     max_kb: float,
     command: str,
     grads: bool = False,
+    pictures: bool = False,
 ) -> str | None:
-    """Compare (or, with ``update``, write) one baseline. Returns 'written' / 'updated' / None."""
+    """Compare (or, with ``update``, write) one baseline. Returns 'written' / 'updated' / None.
+    With ``pictures`` a visual baseline is kept beside it (see ``featcheck._visual_baselines``)."""
     __tracebackhide__ = True
     for arg, value in (("rtol", rtol), ("atol", atol)):
         if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value < math.inf:
@@ -541,9 +543,14 @@ def check(
             "or pass stats=False to guard the architecture only."
         )
     _check_place(path, display_path, command)
+    from ._visual_baselines import Pictures
+
+    pics = Pictures(records, path, display_path, command) if pictures else None
     if not path.exists():
         if update:
             _write(path, text, display_path, command)
+            if pics is not None:
+                pics.write()
             return "written"
         raise FeatcheckAssertionError(
             f"featcheck baseline {display_path} does not exist; nothing was written.\n"
@@ -554,6 +561,8 @@ def check(
     except BaselineError as e:
         if update:
             _write(path, text, display_path, command)
+            if pics is not None:
+                pics.write()
             return "updated"
         raise FeatcheckAssertionError(
             f"featcheck baseline {display_path} {e}. It was left as it is.\n"
@@ -566,11 +575,15 @@ def check(
         compared = document([layer_entry(lc, stats) for lc in module_records], nodeid, name, stats)
     diff = compare(old_doc, compared, rtol, atol, stats and old_doc["stats"])
     if not diff.structural and not diff.drift:
-        return None
+        return pics.check(update) if pics is not None else None
     if update:
         _write(path, text, display_path, command)
+        if pics is not None:
+            pics.write()
         return "updated (now with op records)" if compared is not new_doc else "updated"
     by_name = {lc.name: lc for lc in records}
     touched = [y["name"] for y in diff.added] + [y["name"] for _, y, _ in diff.changed] + [n for n, _ in diff.drift]
     flagged: list[tuple[Any, list[int], str]] = [(by_name[n], [], "baseline") for n in dict.fromkeys(touched) if n in by_name]
+    if pics is not None:
+        flagged = pics.flagged(flagged, diff)
     raise FeatcheckAssertionError(render_diff(diff, display_path, rtol, atol, command), flagged)

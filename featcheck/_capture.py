@@ -302,6 +302,7 @@ def capture(
     forward_kwargs: Mapping[str, Any] | None = None,
     backward: Callable[[Any], torch.Tensor] | None = None,
     input_grad: bool = False,
+    _on_output: Callable[[LayerCapture, torch.Tensor, tuple[Any, ...]], None] | None = None,
     **kwargs: Any,
 ) -> Capture:
     """Run ``model(*args, **kwargs)`` once with hooks on the selected layers.
@@ -357,7 +358,10 @@ def capture(
     )
     _grads.check_backward_args(backward, input_grad)
     kwargs = _merge_kwargs(kwargs, forward_kwargs)
-    recorder, selected = _recorder(eager, layers, override, bounds_, saturation_tol, keep_samples, ops, deferred)
+    recorder, selected = _recorder(eager, layers, override, bounds_, saturation_tol, keep_samples, ops, deferred, _on_output)
+    # featcheck.compare (``_on_output``) runs a torch.compile wrapper itself: the compiled code is
+    # what it compares, and the records it shows are those the compiled graph lets run
+    run = model if _on_output is not None and type(model).__name__ == "OptimizedModule" else eager
     inputs: list[torch.Tensor] = []
     if backward is not None:
         grad = True
@@ -378,7 +382,7 @@ def capture(
             guard.release()
             with preserved_rng(list(state.tensors())), torch.set_grad_enabled(grad):
                 eager.train(train)
-                out = eager(*args, **kwargs)
+                out = run(*args, **kwargs)
                 if recorder.grads is not None and backward is not None:
                     recorder.grads.run(eager, out, backward, inputs)
                     recorder.output = _grads.detached(recorder.output)
@@ -412,6 +416,7 @@ def _recorder(
     keep_samples: bool,
     ops: bool,
     deferred: list[tuple[str, str]] | None,
+    on_output: Callable[[LayerCapture, torch.Tensor, tuple[Any, ...]], None] | None = None,
 ) -> tuple[Recorder, dict[str, nn.Module]]:
     """The recorder for one inspection, and its selected modules. A name in ``layers`` that
     matches no module but could name an operation is checked after the forward (``deferred``)."""
@@ -426,7 +431,7 @@ def _recorder(
         deferred[:0] = [("layers", name) for name in unmatched]
     recorder = Recorder(
         channel_dim=override, bounds=bounds, saturation_tol=saturation_tol, keep_samples=keep_samples,
-        ops=ops, want_op=_selection.op_filter(layers),
+        ops=ops, want_op=_selection.op_filter(layers), on_output=on_output,
     )
     return recorder, selected
 

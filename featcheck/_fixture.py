@@ -134,6 +134,7 @@ class FeatcheckFixture:
         atol: float = 1e-4,
         stats: bool = True,
         grads: bool = False,
+        pictures: bool = False,
     ) -> None:
         """Compare ``cap`` with this test's stored baseline (see ``featcheck._baselines``).
 
@@ -147,6 +148,10 @@ class FeatcheckFixture:
             stats: ``False`` guards the architecture only.
             grads: also compare the gradient records (``"<layer> (grad)"``, each after its
                 layer) of a capture with gradients, under the same rules.
+            pictures: also keep one small picture per layer beside the JSON
+                (``<test>[.<name>].png``, written with ``--featcheck-update`` like the JSON); when
+                the check fails, the report shows baseline | current | difference for the
+                changed layers.
 
         A missing baseline fails and writes nothing; ``pytest --featcheck-update`` writes it.
         """
@@ -157,6 +162,8 @@ class FeatcheckFixture:
             raise RuntimeError("check_baseline needs the featcheck fixture of a running test")
         if not isinstance(cap, _capture.Capture):
             raise TypeError(f"check_baseline expects a Capture, got {type(cap).__name__}")
+        if not isinstance(pictures, bool):
+            raise TypeError(f"pictures must be True or False, got {type(pictures).__name__}: {pictures!r}")
         node = self._node
         path = _baselines.baseline_path(Path(node.path), node.nodeid, name)
         if path in self._baselines:
@@ -171,7 +178,7 @@ class FeatcheckFixture:
         result = _baselines.check(
             cap, path=path, display_path=display, nodeid=node.nodeid, name=name, layers=layers,
             rtol=rtol, atol=atol, stats=stats, update=self._update, grads=grads,
-            max_kb=_config.get("baseline_max_kb"), command=command,
+            max_kb=_config.get("baseline_max_kb"), command=command, pictures=pictures,
         )
         if result is not None:
             self.written_baselines.append((result, path if not path.is_relative_to(root) else path.relative_to(root)))

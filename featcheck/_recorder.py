@@ -194,6 +194,7 @@ class Recorder:
         keep_samples: bool = True,
         ops: bool = False,
         want_op: Callable[[str, str, str], bool] | None = None,
+        on_output: Callable[[LayerCapture, torch.Tensor, tuple[Any, ...]], None] | None = None,
     ) -> None:
         self.records: dict[str, LayerCapture] = {}
         self.output: Any = None
@@ -226,6 +227,10 @@ class Recorder:
         self.module_names: dict[str, None] = {}  # every module of the model (ops on)
         self.unselected_ops: dict[str, None] = {}  # operations seen but not selected (for hints)
         self.grads: _grads.Gradients | None = None  # gradient hooks on the outputs (featcheck._grads)
+        # featcheck.compare: each output goes to this callback as it is produced, unreduced, with
+        # the module's or operation's arguments, instead of to the statistics (the tensor object
+        # itself: compare tells a tensor seen before by its identity and version)
+        self._on_output = on_output
 
     # hooks ---------------------------------------------------------------------------
     def attach(self, root: nn.Module, selected: Mapping[str, nn.Module]) -> None:
@@ -427,7 +432,7 @@ class Recorder:
             self.unselected_ops[base] = None
             tags.set(out, cdim)
             return
-        self._record(rname, name, base, k, "", out, auto_cdim=cdim)
+        self._record(rname, name, base, k, "", out, args, auto_cdim=cdim)
 
     def _record(
         self,
@@ -441,7 +446,8 @@ class Recorder:
         auto_cdim: int | None = None,
     ) -> None:
         """Reduce one output. ``module`` is the module, or for an operation its name (``add``),
-        whose channel axis the caller decided (``auto_cdim``)."""
+        whose channel axis the caller decided (``auto_cdim``); ``args`` are the module's or the
+        operation's arguments."""
         rec = self.records.get(rname)
         try:
             cdim = self._overrides.get(rname, _UNSET)
@@ -478,6 +484,8 @@ class Recorder:
             sample = None
             if why:
                 _note(rec, why)
+            elif self._on_output is not None:
+                self._on_output(rec, t, args)
             else:
                 x = t.detach()
                 block = _stats.reduce(x, cdim, rec.bounds, self._tol, self._scratch)

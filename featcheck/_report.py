@@ -185,6 +185,8 @@ def _drawings(request: _Request, without_sample: list[str]) -> list[_Drawing]:
 
     if isinstance(request, _Flagged):
         lc, channels, check = request.lc, request.channels, request.check
+        if callable(getattr(lc, "draw", None)):  # a compared pair or a changed baseline layer draws itself
+            return [(lc.name, lambda: _picture(lc.name, f"flagged: {check}", *lc.draw()))]
         if lc.sample is None:
             without_sample.append(lc.name)
             return []
