@@ -23,9 +23,7 @@ measured in a fresh process per variant.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -35,6 +33,7 @@ import torch
 import torchvision
 
 import featcheck
+from _common import print_peak, print_table  # benchmarks/_common.py (scripts run from their folder)
 
 try:  # optional: only for comparison
     import torchlens
@@ -70,22 +69,9 @@ def runner(variant: str, model: torch.nn.Module, x: torch.Tensor) -> Callable[[]
     return trace
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def child(variant: str) -> None:
     model, x = setup()
-    run = runner(variant, model, x)
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:  # peak RSS from here on (Linux >= 4.0)
-        f.write("5")
-    run()
-    print(json.dumps({"peak_kib": _rss_kib("VmHWM")}))
+    print_peak(runner(variant, model, x))
 
 
 def main() -> None:
@@ -135,16 +121,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, resnet50 batch 8 224x224 CPU, "
           f"forward + backward, {args.repeat} rounds")
     print(f"records: {len(cap)} ({with_grad} with a gradient), parameters: {len(cap.param_grads)}")
-    bare = min(times["bare"])
-    print(f"{'variant':<10} {'best ms':>8} {'x bare':>7} {'median x':>9} {'peak MiB':>9} {'x bare':>7}")
-    for v in variants:
-        best = min(times[v])
-        ratios = [t / b for t, b in zip(times[v], times["bare"])]
-        line = f"{v:<10} {best * 1e3:8.1f} {best / bare:7.2f} {statistics.median(ratios):9.2f}"
-        if v in mem:
-            peak, bpeak = mem[v]["peak_kib"] / 1024, mem["bare"]["peak_kib"] / 1024
-            line += f" {peak:9.0f} {peak / bpeak:7.2f}"
-        print(line)
+    print_table(variants, times, mem)
 
 
 if __name__ == "__main__":

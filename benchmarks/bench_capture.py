@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import copy as copy_module
 import functools
-import gc
 import json
 import statistics
 import subprocess
@@ -42,6 +41,7 @@ import torch
 import torchvision
 
 import featcheck
+from _common import print_peak, print_table  # benchmarks/_common.py (scripts run from their folder)
 
 try:  # optional: only for comparison
     import torchlens
@@ -93,24 +93,9 @@ def _forward(model: torch.nn.Module, x: torch.Tensor) -> object:
         return model(x)
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def child(variant: str, small: bool) -> None:
     model, x = setup(small)
-    run = runner(variant, model, x)
-    gc.collect()
-    # Reset the peak-RSS mark so that model construction does not count (Linux >= 4.0).
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _rss_kib("VmRSS")
-    run()
-    print(json.dumps({"peak_kib": _rss_kib("VmHWM"), "setup_kib": before}))
+    print_peak(runner(variant, model, x))
 
 
 def main() -> None:
@@ -158,7 +143,6 @@ def main() -> None:
     case = "mobilenet_v3_small batch 2 64x64" if args.small else "resnet50 batch 8 224x224"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {case} CPU, {args.repeat} rounds")
     print(f"records: {records['modules']} module, {records['ops'] - records['modules']} op")
-    bare = min(times["bare"])
     # Fixed cost per record, as the median over rounds of the per-round difference: module
     # records against the bare forward, op records against module-only capture (their marginal
     # cost, including the mode's pass over every torch call).
@@ -177,16 +161,7 @@ def main() -> None:
         f"(all records), per forward under watch {extra['watch_ops'] * 1e6:.1f} us (all records), "
         f"{extra['watch_modules'] * 1e6:.1f} us (module records, ops=False)"
     )
-    print(f"{'variant':<14} {'best ms':>8} {'x bare':>7} {'median x':>9} {'us/record':>10} {'peak MiB':>9} {'x bare':>7}")
-    for v in variants:
-        best = min(times[v])
-        ratios = [t / b for t, b in zip(times[v], times["bare"])]
-        per_rec = f"{extra[v] * 1e6:10.1f}" if v in extra else f"{'':>10}"
-        line = f"{v:<14} {best * 1e3:8.1f} {best / bare:7.2f} {statistics.median(ratios):9.2f} {per_rec}"
-        if v in mem:
-            peak, bpeak = mem[v]["peak_kib"] / 1024, mem["bare"]["peak_kib"] / 1024
-            line += f" {peak:9.0f} {peak / bpeak:7.2f}"
-        print(line)
+    print_table(variants, times, mem, width=14, extra=extra)
 
 
 if __name__ == "__main__":

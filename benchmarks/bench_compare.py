@@ -20,7 +20,6 @@ import argparse
 import copy
 import gc
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import torch
 import torchvision
 
 import featcheck
+from _common import print_peak, print_table  # benchmarks/_common.py (scripts run from their folder)
 
 VARIANTS = ("bare", "compare", "compare_diverging", "pytest_torch")
 
@@ -61,22 +61,8 @@ def runner(variant: str, pt_path: str | None) -> Callable[[], object]:
     return lambda: localize_divergence(model, same, x)
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def child(variant: str, pt_path: str | None) -> None:
-    run = runner(variant, pt_path)
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:  # the peak from here on (Linux >= 4.0)
-        f.write("5")
-    before = _rss_kib("VmRSS")
-    run()
-    print(json.dumps({"peak_kib": _rss_kib("VmHWM"), "setup_kib": before}))
+    print_peak(runner(variant, pt_path))
 
 
 def main() -> None:
@@ -113,16 +99,7 @@ def main() -> None:
     diff = runs["compare"]()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, resnet50 batch 8 224x224 CPU, {args.repeat} rounds")
     print(f"pairs compared: {len(diff.rows)}")  # type: ignore[attr-defined]
-    bare = min(times["bare"])
-    print(f"{'variant':<18} {'best ms':>8} {'x bare':>7} {'median x':>9} {'peak MiB':>9} {'+ over bare':>11}")
-    for v in variants:
-        best = min(times[v])
-        ratios = [t / b for t, b in zip(times[v], times["bare"])]
-        line = f"{v:<18} {best * 1e3:8.1f} {best / bare:7.2f} {statistics.median(ratios):9.2f}"
-        if v in mem:
-            peak, bpeak = mem[v]["peak_kib"] / 1024, mem["bare"]["peak_kib"] / 1024
-            line += f" {peak:9.0f} {peak - bpeak:11.0f}"
-        print(line)
+    print_table(variants, times, mem, width=18, memory_over_bare=True)
 
 
 if __name__ == "__main__":
