@@ -20,6 +20,8 @@ added by :func:`_model_options`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import math
 import sys
 import traceback
@@ -37,6 +39,7 @@ __all__ = ["main"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 DEFAULT_OUT = "featcheck-report"
 DEFAULT_MAX_PICTURES = 64
+DEFAULT_COMPARE_PICTURES = 8
 
 
 class _Parser(argparse.ArgumentParser):
@@ -143,14 +146,16 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
                        help="relative tolerance (default by dtype: float32 1e-4, bfloat16 5e-2)")
     pairs.add_argument("--atol", type=_tolerance, metavar="X",
                        help="absolute tolerance (default by dtype: float32 1e-5, bfloat16 1e-2, times a layer's largest |value| above 1)")
-    _report_options(parser)
+    # the first diverging records say where; the later ones mostly carry the same difference on
+    _report_options(parser, "reference | candidate | difference pictures of the first diverging records", DEFAULT_COMPARE_PICTURES)
 
 
-def _report_options(parser: argparse.ArgumentParser) -> None:
+def _report_options(parser: argparse.ArgumentParser, pictures: str = "layer pictures, flagged layers first",
+                    max_pictures: int = DEFAULT_MAX_PICTURES) -> None:
     report = parser.add_argument_group("report")
     report.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"gallery folder (default {DEFAULT_OUT})")
-    report.add_argument("--max-pictures", type=_positive, default=DEFAULT_MAX_PICTURES, metavar="N",
-                        help=f"at most N layer pictures, flagged layers first (default {DEFAULT_MAX_PICTURES})")
+    report.add_argument("--max-pictures", type=_positive, default=max_pictures, metavar="N",
+                        help=f"at most N {pictures} (default {max_pictures})")
     report.add_argument("--open", action="store_true", help="open the gallery in a web browser")
 
 
@@ -499,6 +504,165 @@ def _summary(out: IO[str], loaded: Any, model_input: Any, args: argparse.Namespa
     write(f"gallery: {index} ({n_pictures} pictures; summary.json beside it)\n")
 
 
+# -- compare --------------------------------------------------------------------------------------
+
+
+def _parse_mapping(pairs: Sequence[str]) -> dict[str, str]:
+    """``--mapping old=new`` pairs as compare's ``mapping`` (reference name -> candidate name)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new or "=" in new:
+            raise CLIError(f"--mapping must be OLD=NEW, a record of SPEC_A and its counterpart in SPEC_B "
+                           f"(layer3.conv=blocks.2.conv), got {pair!r}")
+        if old in out:
+            raise CLIError(f"--mapping {old} is given twice ({old}={out[old]} and {pair})")
+        out[old] = new
+    return out
+
+
+def _check_mapping_names(mapping: dict[str, str], a: Any, b: Any, known_a: Any, known_b: Any, among: str = "") -> None:
+    """Fail on the first ``--mapping`` name that ``known_a`` (for SPEC_A's side) or ``known_b``
+    rejects, naming the closest records in ``among`` (the records compared)."""
+    for old, new in mapping.items():
+        for name, loaded, known in ((old, a, known_a), (new, b, known_b)):
+            ok, names = known(name)
+            if not ok:
+                close = difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.6)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise CLIError(f"--mapping {old}={new}: {loaded.spec} has no record {name!r}{among}{hint}")
+
+
+def _could_be_record(model: Any) -> Callable[[str], tuple[bool, set[str]]]:
+    """Before the run: a name is a module of ``model``, or an operation record of one of its
+    modules (``layer1.0.add``; which operations run is known only after the forward)."""
+    modules = {n for n, _ in model.named_modules()}
+    return lambda name: (name in modules or name.rpartition(".")[0] in modules, modules)
+
+
+def _which_failed(exc: BaseException, a: Any, b: Any) -> Any:
+    """The model whose code raised ``exc`` (a frame of one of its modules' methods in the
+    traceback), or None: compare runs both, and the user needs to know which one the input
+    does not suit."""
+    owners = {id(m): loaded for loaded in (a, b) for m in loaded.model.modules()}
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = owners.get(id(tb.tb_frame.f_locals.get("self")))
+        found = owner or found  # the innermost frame decides
+        tb = tb.tb_next
+    return found
+
+
+def _run_compare(a: Any, b: Any, model_input: Any, args: argparse.Namespace, mapping: dict[str, str],
+                 progress: _Progress) -> tuple[Any, list[str]]:
+    from ._compare import compare
+    from ._errors import LayerNotFoundError
+
+    progress(f"comparing {a.spec} and {b.spec} on {_shape(model_input.tensor.shape)}")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            diff = compare(a.model, b.model, model_input.tensor, layers=args.layers, ops=args.ops,
+                           rtol=args.rtol, atol=args.atol, mapping=mapping or None)
+    except LayerNotFoundError as exc:
+        raise CLIError(f"--layers: {exc}") from None
+    except Exception as exc:
+        failed = _which_failed(exc, a, b)
+        which = failed.spec if failed is not None else f"{a.spec} or {b.spec}"
+        raise CLIError(
+            f"{which} failed on input {_shape(model_input.tensor.shape)}: {type(exc).__name__}: {_first_line(exc)}; "
+            "both models run on the same input: check --input against what each expects"
+        ) from None
+    return diff, list(dict.fromkeys(str(w.message) for w in caught))
+
+
+def _compare_pictures(diff: Any, limit: int, progress: _Progress) -> tuple[list[Any], list[str]]:
+    """reference | candidate | difference pictures of the first ``limit`` diverging pairs."""
+    from . import _report
+    from ._compare import _RowPicture
+
+    rows = diff.diverged[:limit]
+    pictures: list[Any] = []
+    notes: list[str] = []
+    for i, row in enumerate(rows):
+        progress(f"rendering {i + 1}/{len(rows)}: {row.reference}")
+        drawn, _, problems = _report.render_requests([_report._Flagged(_RowPicture(diff, row), row.channels, "diverges")], 1)
+        pictures += drawn
+        notes += problems
+    return pictures, notes
+
+
+def _compare(args: argparse.Namespace, out: IO[str], progress: _Progress) -> int:
+    import pytest
+
+    from . import _report
+    from ._compare import _side_notes, render
+    from ._report import _Flag, _Record
+
+    directory = Path(args.out)
+    try:
+        _report.check_gallery_dir(directory, option="--out")
+    except pytest.UsageError as exc:
+        raise CLIError(str(exc)) from None
+    mapping = _parse_mapping(args.mapping)
+    a, input_a = _build(args.spec_a, args, progress)
+    b, input_b = _build(args.spec_b, args, progress)
+    if not (input_a.tensor.shape == input_b.tensor.shape and bool((input_a.tensor == input_b.tensor).all())):
+        # only token ids depend on the model (the range of its embedding)
+        raise CLIError(f"the two models take different inputs: {a.spec}: {input_a.description}; {b.spec}: "
+                       f"{input_b.description}; give both the same batch with --input ids.pt")
+    # typos in a module path fail before the models run; the rest once their records are known
+    _check_mapping_names(mapping, a, b, _could_be_record(a.model), _could_be_record(b.model))
+    diff, caught = _run_compare(a, b, input_a, args, mapping, progress)
+    seen_a = {r.reference for r in diff.rows} | set(diff.only_reference) | set(diff.skipped)
+    seen_b = {r.candidate for r in diff.rows} | set(diff.only_candidate)
+    _check_mapping_names(mapping, a, b, lambda n: (n in seen_a, seen_a), lambda n: (n in seen_b, seen_b),
+                         " among the records compared (--layers and --ops choose them)")
+    # the terminal and the gallery name the models as the user did
+    diff = dataclasses.replace(diff, reference_name=a.spec, candidate_name=b.spec)
+    pictures, notes = _compare_pictures(diff, args.max_pictures, progress)
+    title = f"{a.spec} vs {b.spec}"
+    if not diff.rows:
+        outcome = "failed"
+        verdict = [f"no record of {a.spec} has a counterpart in {b.spec}: nothing was compared; give --mapping "
+                   "OLD=NEW for records whose names differ", *_side_notes(diff)]
+    elif diff.first is not None:
+        outcome = "failed"
+        verdict = render(diff).splitlines()
+    else:
+        outcome = "passed"
+        first = diff.rows[0]
+        verdict = [f"{b.spec} computes the same as {a.spec}: {_plural(len(diff.rows), 'compared record')} agree "
+                   f"within |candidate - reference| <= atol + rtol * |reference| (first: rtol={first.rtol:g}, "
+                   f"atol={first.atol:g})", *_side_notes(diff)]
+    flags = [_Flag(r.reference, list(r.channels), "diverges") for r in diff.diverged]
+    table = [line for line in verdict if line.startswith(("first diverging", "tolerances", "only in", "skipped"))]
+    record = _Record(f"{title} :: comparison", outcome, [r.reference for r in diff.rows], flags, pictures,
+                     len(diff.diverged) - len(pictures), [verdict[0], *table, *notes])
+    progress(f"writing {directory}")
+    try:
+        index = _report.write_gallery(directory, [record], sort=False, title=f"featcheck compare {title}",
+                                      cap_option="--max-pictures")
+    except (OSError, pytest.UsageError) as exc:
+        raise CLIError(f"--out: the gallery cannot be written: {exc}") from None
+    progress.clear()
+    write = out.write
+    write(f"featcheck compare {a.description} -> {b.description}\n")
+    calibrated = f"; BatchNorm calibrated on {args.calibrate} random batches" if args.calibrate else ""
+    write(f"input: {input_a.description}{calibrated}\n")
+    write(f"{_plural(len(diff.rows), 'pair')} of records compared, {len(diff.diverged)} diverging; "
+          f"{len(diff.only_reference)} only in {a.spec}, {len(diff.only_candidate)} only in {b.spec}\n")
+    for line in verdict:
+        write(f"{line}\n")
+    for note in caught:
+        write(f"note: {_first_line_text(note)}\n")
+    write(f"gallery: {index} ({_plural(len(pictures), 'picture')}; summary.json beside it)\n")
+    if args.open:
+        webbrowser.open(index.resolve().as_uri())
+    return EXIT_OK if outcome == "passed" else EXIT_FAILED
+
+
 # -- diff -----------------------------------------------------------------------------------------
 
 
@@ -550,11 +714,14 @@ _Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argpa
 
 _COMMANDS: dict[str, _Command] = {
     "inspect": ("capture a model, run the checks, write the gallery and summary.json", _inspect_arguments, _inspect),
+    "compare": ("run two models on the same input and show where they stop computing the same",
+                _compare_arguments, _compare),
     "diff": ("architecture diff of two baselines, or of a baseline and a model", _diff_arguments, _diff),
 }
 
 
-_EXIT_STATUS = "exit status: 0 passed (diff: same), 1 a check failed (diff: different), 2 bad usage, 3 internal error"
+_EXIT_STATUS = ("exit status: 0 passed (compare, diff: same), 1 a check failed (compare, diff: different), "
+                "2 bad usage, 3 internal error")
 
 
 def _parser() -> _Parser:
