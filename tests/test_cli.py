@@ -543,6 +543,19 @@ def test_compare_with_a_mapping_pairs_renamed_records(
     assert re.search(r"^body\.0 +trunk\.1 .* yes +\[", out, re.M), out  # its input is trunk.0's output
 
 
+
+def test_inspect_backward_runs_one_forward_and_differentiates_a_feature_map(
+    tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "forwards.log"
+    status, out, err = main(capsys, "inspect", f"{model_file}:build", "--arg", f"log={log}", "--input", "2x3x8x8",
+                            "--backward", "--out", "g")
+    assert (status, err) == (0, ""), out
+    assert log.read_text().splitlines() == ["forward"]  # the backward pass reuses the capture's graph
+    # a [2, 4, 4, 4] output is no classifier's: its loss is the mean square
+    assert "1 forward pass, 1 backward pass of out.float().pow(2).mean()" in out
+
 def test_default_loss_of_backward() -> None:
     torch.manual_seed(0)
     logits = torch.randn(4, 10, requires_grad=True)
