@@ -20,6 +20,9 @@ added by :func:`_model_options`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
+import math
 import sys
 import traceback
 import warnings
@@ -36,6 +39,7 @@ __all__ = ["main"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 DEFAULT_OUT = "featcheck-report"
 DEFAULT_MAX_PICTURES = 64
+DEFAULT_COMPARE_PICTURES = 8
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +74,16 @@ class _Progress:
 # -- arguments ------------------------------------------------------------------------------------
 
 
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 such as 1e-4, got {text!r}") from None
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 such as 1e-4, got {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -80,8 +94,9 @@ def _positive(text: str) -> int:
     return value
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
-    """Options of every command that builds and runs a model (inspect, diff against a SPEC)."""
+def _model_options(parser: argparse.ArgumentParser, backward: bool = False) -> None:
+    """Options of every command that builds and runs a model (inspect, compare, diff against a
+    SPEC); ``backward`` adds ``--backward``, for the commands that can run a backward pass."""
     model = parser.add_argument_group("model")
     model.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
                        help="keyword argument for the SPEC's callable (a Python literal or a string); repeatable")
@@ -105,15 +120,42 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                      help="record the torch operations module code calls (default on)")
     run.add_argument("--calibrate", type=_positive, metavar="N",
                      help="set BatchNorm running statistics from N random batches of the input's shape first")
+    if backward:
+        run.add_argument("--backward", action="store_true",
+                         help="also run a backward pass of a default loss and check the gradients: "
+                              "out.logsumexp(-1).mean() for a [batch, classes] output, out.float().pow(2).mean() otherwise")
+
+
+_SPEC_HELP = "torchvision:NAME, timm:NAME, package.module:callable, path/to/file.py:callable, or model.pt"
 
 
 def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="SPEC", help="torchvision:NAME, timm:NAME, package.module:callable, path/to/file.py:callable, or model.pt")
+    parser.add_argument("spec", metavar="SPEC", help=_SPEC_HELP)
+    _model_options(parser, backward=True)
+    _report_options(parser)
+
+
+def _compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec_a", metavar="SPEC_A", help=f"the reference model: {_SPEC_HELP}")
+    parser.add_argument("spec_b", metavar="SPEC_B", help="the candidate model, which should compute the same")
     _model_options(parser)
+    pairs = parser.add_argument_group("comparison")
+    pairs.add_argument("--mapping", action="append", default=[], metavar="OLD=NEW",
+                       help="SPEC_A's record OLD is SPEC_B's record NEW (for names that differ); repeatable")
+    pairs.add_argument("--rtol", type=_tolerance, metavar="X",
+                       help="relative tolerance (default by dtype: float32 1e-4, bfloat16 5e-2)")
+    pairs.add_argument("--atol", type=_tolerance, metavar="X",
+                       help="absolute tolerance (default by dtype: float32 1e-5, bfloat16 1e-2, times a layer's largest |value| above 1)")
+    # the first diverging records say where; the later ones mostly carry the same difference on
+    _report_options(parser, "reference | candidate | difference pictures of the first diverging records", DEFAULT_COMPARE_PICTURES)
+
+
+def _report_options(parser: argparse.ArgumentParser, pictures: str = "layer pictures, flagged layers first",
+                    max_pictures: int = DEFAULT_MAX_PICTURES) -> None:
     report = parser.add_argument_group("report")
     report.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"gallery folder (default {DEFAULT_OUT})")
-    report.add_argument("--max-pictures", type=_positive, default=DEFAULT_MAX_PICTURES, metavar="N",
-                        help=f"at most N layer pictures, flagged layers first (default {DEFAULT_MAX_PICTURES})")
+    report.add_argument("--max-pictures", type=_positive, default=max_pictures, metavar="N",
+                        help=f"at most N {pictures} (default {max_pictures})")
     report.add_argument("--open", action="store_true", help="open the gallery in a web browser")
 
 
@@ -163,20 +205,56 @@ def _calibrate(model: Any, model_input: Any, n: int, progress: _Progress) -> Non
                        f"{type(exc).__name__}: {_first_line(exc)}") from None
 
 
-def _capture(loaded: Any, model_input: Any, layers: Any, ops: bool, progress: _Progress) -> tuple[Any, list[str]]:
-    """One forward pass under capture; returns the capture and the warnings it gave, each once
-    (the terminal summary shows them as notes)."""
+class _DefaultLoss:
+    """The loss ``--backward`` differentiates, nothing fancier: for a classifier-like output (a
+    ``[batch, classes]`` tensor) ``out.logsumexp(-1).mean()``, the log-partition cross-entropy
+    differentiates, which needs no labels and gives every logit a gradient; for any other output
+    ``out.float().pow(2).mean()``. A structured output (tuple, dict) is reduced through its first
+    floating-point tensor. ``used`` says which formula ran."""
+
+    def __init__(self) -> None:
+        self.used = ""
+
+    def __call__(self, out: Any) -> Any:
+        import torch
+        from torch.utils import _pytree
+
+        y = next((t for t in _pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
+        if y is None:
+            raise CLIError(f"--backward: the model's output ({type(out).__name__}) holds no floating-point tensor to differentiate")
+        if not y.requires_grad:
+            raise CLIError("--backward: the model's output depends on no parameter that requires grad (all frozen, "
+                           "detached, or computed under torch.no_grad()): there is no backward pass to check")
+        of = "" if y is out else " (out: the output's first floating-point tensor)"
+        if y.ndim == 2 and y.shape[1] > 1:
+            self.used = f"out.logsumexp(-1).mean(){of}"
+            return y.logsumexp(-1).mean()
+        self.used = f"out.float().pow(2).mean(){of}"
+        return y.float().pow(2).mean()
+
+
+def _capture(
+    loaded: Any, model_input: Any, layers: Any, ops: bool, progress: _Progress, loss: _DefaultLoss | None = None
+) -> tuple[Any, list[str]]:
+    """One forward pass under capture (and one backward pass of ``loss``); returns the capture
+    and the warnings it gave, each once (the terminal summary shows them as notes)."""
     from ._capture import capture
     from ._errors import LayerNotFoundError
 
-    progress(f"capturing {loaded.spec} on {_shape(model_input.tensor.shape)}")
+    passes = "forward and backward" if loss is not None else "forward"
+    progress(f"capturing {loaded.spec} on {_shape(model_input.tensor.shape)} ({passes})")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            cap = capture(loaded.model, model_input.tensor, layers=layers, ops=ops)
+            cap = capture(loaded.model, model_input.tensor, layers=layers, ops=ops, backward=loss)
     except LayerNotFoundError as exc:
         raise CLIError(f"--layers: {exc}") from None
+    except CLIError:
+        raise
     except Exception as exc:
+        if loss is not None and loss.used:  # the forward ran: the backward pass failed
+            raise CLIError(f"{loaded.spec}: the backward pass of {loss.used} failed: {type(exc).__name__}: "
+                           f"{_first_line(exc)}") from None
         raise CLIError(
             f"{loaded.spec} failed on input {_shape(model_input.tensor.shape)}: {type(exc).__name__}: "
             f"{_first_line(exc)}; check --input (its shape and dtype) against what the model expects"
@@ -184,22 +262,33 @@ def _capture(loaded: Any, model_input: Any, layers: Any, ops: bool, progress: _P
     return cap, list(dict.fromkeys(str(w.message) for w in caught))
 
 
-def _run_checks(cap: Any) -> list[_Check]:
-    """Every check that needs no expectation, with its defaults (ini-free, as in a plain test)."""
-    from . import _checks
+def _run_checks(cap: Any, backward: bool = False) -> list[_Check]:
+    """Every check that needs no expectation, with its defaults (ini-free, as in a plain test);
+    with ``backward``, the gradient checks too."""
+    from . import _checks, _gradchecks
     from ._errors import FeatcheckAssertionError
 
-    bounded = any(lc.bounds is not None for lc in cap.values())
+    bounded = sum(lc.bounds is not None for lc in cap.values())
+    with_grad = sum(lc.grad is not None for lc in cap.values())
     todo: list[tuple[str, Callable[[Any], None] | None, str]] = [
-        ("finite values", _checks.assert_finite, ""),
-        ("dead channels", _checks.assert_no_dead_channels, ""),
-        ("saturation", _checks.assert_not_saturated if bounded else None,
-         "no layer with known output bounds (Sigmoid, Tanh, Hardtanh, ReLU6, Hardsigmoid)"),
+        ("finite values", _checks.assert_finite, _plural(len(cap), "layer")),
+        ("dead channels", _checks.assert_no_dead_channels, _plural(len(cap), "layer")),
+        ("saturation", _checks.assert_not_saturated, _plural(bounded, "layer")) if bounded else
+        ("saturation", None, "no layer with known output bounds (Sigmoid, Tanh, Hardtanh, ReLU6, Hardsigmoid)"),
     ]
+    if backward:
+        todo += [
+            ("gradients finite", _gradchecks.assert_gradients_finite,
+             f"{_plural(with_grad, 'layer')} and {_plural(len(cap.param_grads), 'parameter')}"),
+            ("gradient flow", _gradchecks.assert_gradients_flow,
+             f"{_plural(with_grad, 'layer')} within [1e-4, 1e4] times the gradient at the loss end"),
+            ("parameters receive gradients", _gradchecks.assert_params_receive_grad,
+             _plural(len(cap.param_grads), "parameter")),
+        ]
     out = []
-    for title, check, why_not in todo:
+    for title, check, verdict in todo:
         if check is None:
-            out.append(_Check(title, "skipped", why_not))
+            out.append(_Check(title, "skipped", verdict))
             continue
         try:
             with warnings.catch_warnings():
@@ -209,9 +298,14 @@ def _run_checks(cap: Any) -> list[_Check]:
         except FeatcheckAssertionError as exc:
             out.append(_Check(title, "failed", str(exc), exc.flagged))
         else:
-            checked = sum(lc.bounds is not None for lc in cap.values()) if title == "saturation" else len(cap)
-            out.append(_Check(title, "passed", _plural(checked, "layer")))
+            out.append(_Check(title, "passed", verdict))
     return out
+
+
+def _forward_name(lc: Any) -> str:
+    """The record a flagged record belongs to: a gradient record (``"<name> (grad)"``, see
+    :mod:`._grads`) belongs to the record whose output it is the gradient of."""
+    return str(lc.name).removesuffix(" (grad)")
 
 
 def _groups(names: list[str], cap: Any) -> list[tuple[str, list[str]]]:
@@ -274,28 +368,43 @@ def _pictures(cap: Any, checks: list[_Check], limit: int, progress: _Progress) -
     return pictures, notes
 
 
-def _records(spec: str, cap: Any, checks: list[_Check], pictures: dict[str, Any], notes: list[str]) -> list[Any]:
-    """The gallery's sections: the checks (failed first), then the layer groups in call order."""
+def _records(
+    spec: str, cap: Any, checks: list[_Check], pictures: dict[str, Any], notes: list[str], flow: Any = None
+) -> list[Any]:
+    """The gallery's sections: the checks (failed first), then the layer groups in call order.
+    ``flow``, the gradient-flow picture, goes with the first failed gradient check, or with the
+    gradient-flow check when they pass."""
     from ._report import _Flag, _Record
 
     def flags(entries: list[tuple[Any, list[int], str]]) -> list[Any]:
         return [_Flag(lc.name, list(ch), what) for lc, ch, what in entries]
 
     order = {"failed": 0, "passed": 1, "skipped": 2}
+    # as the pytest report attaches it to a failing gradient check: with the first that failed
+    gradient_checks = [c for c in checks if c.title in _GRADIENT_CHECKS]
+    failed = [c.title for c in gradient_checks if c.outcome == "failed"]
+    flow_goes_to = None if flow is None else (failed or ["gradient flow"])[0]
     records = []
     for check in sorted(checks, key=lambda c: order[c.outcome]):
         shown = list(dict.fromkeys(lc.name for lc, _, _ in check.flagged))
         extra = [] if check.outcome != "skipped" else [f"not checked: {check.message}"]
+        if check.outcome == "failed" and not check.flagged:
+            # a failure that flags no layer (parameters without a gradient, a gradient-flow
+            # table) says in its notes what it names
+            extra += [line for line in check.message.splitlines() if line.strip()]
+        figures = [pictures[n] for n in shown if n in pictures]
+        if check.title == flow_goes_to:
+            figures.insert(0, flow)
         # a check's section lists what it flagged; the layer groups below list every layer
         records.append(_Record(
             f"{spec} :: check: {check.title}", check.outcome, [], flags(check.flagged),
-            [pictures[n] for n in shown if n in pictures], sum(n not in pictures for n in shown),
-            extra + (_bn_advice(cap) if check.outcome == "failed" and check.title != "finite values" else []),
+            figures, sum(n not in pictures for n in shown),
+            extra + (_bn_advice(cap) if check.outcome == "failed" and check.title in _BN_VERDICTS else []),
         ))
     every_flag = [f for check in checks for f in check.flagged]
     for title, members in _groups(cap.names, cap):
         inside = set(members)
-        group_flags = [f for f in every_flag if f[0].name in inside]
+        group_flags = [f for f in every_flag if _forward_name(f[0]) in inside]
         layer_notes = [f"{n}: {cap[n].note}" for n in members if cap[n].note]
         records.append(_Record(
             f"{spec} :: {title}", "failed" if group_flags else "passed", members, flags(group_flags),
@@ -306,6 +415,11 @@ def _records(spec: str, cap: Any, checks: list[_Check], pictures: dict[str, Any]
         records[0] = _Record(first.nodeid, first.outcome, first.layers, first.flagged, first.pictures,
                              first.dropped, [*first.notes, *notes])
     return records
+
+
+_GRADIENT_CHECKS = ("gradients finite", "gradient flow", "parameters receive gradients")
+# the verdicts that BatchNorm layers holding their default running statistics make wrong
+_BN_VERDICTS = ("dead channels", "saturation")
 
 
 def _bn_advice(cap: Any) -> list[str]:
@@ -327,11 +441,17 @@ def _inspect(args: argparse.Namespace, out: IO[str], progress: _Progress) -> int
     except pytest.UsageError as exc:
         raise CLIError(str(exc)) from None
     loaded, model_input = _build(args.spec, args, progress)
-    cap, caught = _capture(loaded, model_input, args.layers, args.ops, progress)
+    loss = _DefaultLoss() if args.backward else None
+    cap, caught = _capture(loaded, model_input, args.layers, args.ops, progress, loss)
     progress("checking")
-    checks = _run_checks(cap)
+    checks = _run_checks(cap, backward=loss is not None)
     pictures, notes = _pictures(cap, checks, args.max_pictures, progress)
-    records = _records(loaded.spec, cap, checks, pictures, notes)
+    flow = None
+    if loss is not None:
+        progress("drawing the gradient flow")
+        drawn, _, problems = _report.render_requests([_report._GradFlow(cap)], 1)
+        flow, notes = (drawn[0] if drawn else None), notes + problems
+    records = _records(loaded.spec, cap, checks, pictures, notes, flow)
     progress(f"writing {directory}")
     try:
         index = _report.write_gallery(directory, records, sort=False, title=f"featcheck inspect {loaded.spec}",
@@ -339,14 +459,14 @@ def _inspect(args: argparse.Namespace, out: IO[str], progress: _Progress) -> int
     except (OSError, pytest.UsageError) as exc:
         raise CLIError(f"--out: the gallery cannot be written: {exc}") from None
     progress.clear()
-    _summary(out, loaded, model_input, args, cap, caught, checks, len(pictures), index)
+    _summary(out, loaded, model_input, args, cap, caught, checks, len(pictures) + (flow is not None), index, loss)
     if args.open:
         webbrowser.open(index.resolve().as_uri())
     return EXIT_FAILED if any(c.outcome == "failed" for c in checks) else EXIT_OK
 
 
 def _summary(out: IO[str], loaded: Any, model_input: Any, args: argparse.Namespace, cap: Any, caught: list[str],
-             checks: list[_Check], n_pictures: int, index: Path) -> None:
+             checks: list[_Check], n_pictures: int, index: Path, loss: _DefaultLoss | None = None) -> None:
     """What the terminal shows: the model, the input, one row per layer, the checks' verdicts
     (a failure's full table) and where the gallery is."""
     ops = sum(1 for lc in cap.values() if lc.op)
@@ -355,16 +475,18 @@ def _summary(out: IO[str], loaded: Any, model_input: Any, args: argparse.Namespa
     write(f"featcheck inspect {loaded.description}, {_count(params)} parameters\n")
     calibrated = f"; BatchNorm calibrated on {args.calibrate} random batches" if args.calibrate else ""
     write(f"input: {model_input.description}{calibrated}\n")
+    backward = f", 1 backward pass of {loss.used}" if loss is not None else ""
     write(f"{_plural(len(cap), 'record')} ({_plural(len(cap) - ops, 'module')}, {_plural(ops, 'operation')}), "
-          f"{_plural(cap.forwards, 'forward pass', 'forward passes')}\n")
+          f"{_plural(cap.forwards, 'forward pass', 'forward passes')}{backward}\n")
     marks: dict[str, list[str]] = {}
     for check in checks:
         for lc, channels, what in check.flagged:
-            marks.setdefault(lc.name, []).append(f"{what} {len(channels)}/{lc.channels}" if channels else what)
-    rows = [("layer", "type", "shape", "stride", "flagged")]
-    rows += [(lc.name or "(root)", lc.module_type, _shape(lc.shape), _stride(lc.stride), ", ".join(marks.get(lc.name, [])))
+            marks.setdefault(_forward_name(lc), []).append(f"{what} {len(channels)}/{lc.channels}" if channels else what)
+    rows = [("layer", "type", "shape", "stride", *(["grad rms"] if loss is not None else []), "flagged")]
+    rows += [(lc.name or "(root)", lc.module_type, _shape(lc.shape), _stride(lc.stride),
+              *([_grad_rms(lc)] if loss is not None else []), ", ".join(marks.get(lc.name, [])))
              for lc in cap.values()]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         write("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
     for note in [*caught, *([cap.note] if cap.note else [])]:
@@ -376,10 +498,169 @@ def _summary(out: IO[str], loaded: Any, model_input: Any, args: argparse.Namespa
         write(f"  {label} {check.title}: {lines[0]}\n")
         for line in lines[1:]:
             write(f"            {line}\n")
-    verdicts = [c for c in checks if c.outcome == "failed" and c.title in ("dead channels", "saturation")]
+    verdicts = [c for c in checks if c.outcome == "failed" and c.title in _BN_VERDICTS]
     if verdicts and cap.default_batchnorm and not args.calibrate:
         write("hint: the BatchNorm layers hold their default running statistics; run again with --calibrate 8\n")
     write(f"gallery: {index} ({n_pictures} pictures; summary.json beside it)\n")
+
+
+# -- compare --------------------------------------------------------------------------------------
+
+
+def _parse_mapping(pairs: Sequence[str]) -> dict[str, str]:
+    """``--mapping old=new`` pairs as compare's ``mapping`` (reference name -> candidate name)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new or "=" in new:
+            raise CLIError(f"--mapping must be OLD=NEW, a record of SPEC_A and its counterpart in SPEC_B "
+                           f"(layer3.conv=blocks.2.conv), got {pair!r}")
+        if old in out:
+            raise CLIError(f"--mapping {old} is given twice ({old}={out[old]} and {pair})")
+        out[old] = new
+    return out
+
+
+def _check_mapping_names(mapping: dict[str, str], a: Any, b: Any, known_a: Any, known_b: Any, among: str = "") -> None:
+    """Fail on the first ``--mapping`` name that ``known_a`` (for SPEC_A's side) or ``known_b``
+    rejects, naming the closest records in ``among`` (the records compared)."""
+    for old, new in mapping.items():
+        for name, loaded, known in ((old, a, known_a), (new, b, known_b)):
+            ok, names = known(name)
+            if not ok:
+                close = difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.6)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise CLIError(f"--mapping {old}={new}: {loaded.spec} has no record {name!r}{among}{hint}")
+
+
+def _could_be_record(model: Any) -> Callable[[str], tuple[bool, set[str]]]:
+    """Before the run: a name is a module of ``model``, or an operation record of one of its
+    modules (``layer1.0.add``; which operations run is known only after the forward)."""
+    modules = {n for n, _ in model.named_modules()}
+    return lambda name: (name in modules or name.rpartition(".")[0] in modules, modules)
+
+
+def _which_failed(exc: BaseException, a: Any, b: Any) -> Any:
+    """The model whose code raised ``exc`` (a frame of one of its modules' methods in the
+    traceback), or None: compare runs both, and the user needs to know which one the input
+    does not suit."""
+    owners = {id(m): loaded for loaded in (a, b) for m in loaded.model.modules()}
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = owners.get(id(tb.tb_frame.f_locals.get("self")))
+        found = owner or found  # the innermost frame decides
+        tb = tb.tb_next
+    return found
+
+
+def _run_compare(a: Any, b: Any, model_input: Any, args: argparse.Namespace, mapping: dict[str, str],
+                 progress: _Progress) -> tuple[Any, list[str]]:
+    from ._compare import compare
+    from ._errors import LayerNotFoundError
+
+    progress(f"comparing {a.spec} and {b.spec} on {_shape(model_input.tensor.shape)}")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            diff = compare(a.model, b.model, model_input.tensor, layers=args.layers, ops=args.ops,
+                           rtol=args.rtol, atol=args.atol, mapping=mapping or None)
+    except LayerNotFoundError as exc:
+        raise CLIError(f"--layers: {exc}") from None
+    except Exception as exc:
+        failed = _which_failed(exc, a, b)
+        which = failed.spec if failed is not None else f"{a.spec} or {b.spec}"
+        raise CLIError(
+            f"{which} failed on input {_shape(model_input.tensor.shape)}: {type(exc).__name__}: {_first_line(exc)}; "
+            "both models run on the same input: check --input against what each expects"
+        ) from None
+    return diff, list(dict.fromkeys(str(w.message) for w in caught))
+
+
+def _compare_pictures(diff: Any, limit: int, progress: _Progress) -> tuple[list[Any], list[str]]:
+    """reference | candidate | difference pictures of the first ``limit`` diverging pairs."""
+    from . import _report
+    from ._compare import _RowPicture
+
+    rows = diff.diverged[:limit]
+    pictures: list[Any] = []
+    notes: list[str] = []
+    for i, row in enumerate(rows):
+        progress(f"rendering {i + 1}/{len(rows)}: {row.reference}")
+        drawn, _, problems = _report.render_requests([_report._Flagged(_RowPicture(diff, row), row.channels, "diverges")], 1)
+        pictures += drawn
+        notes += problems
+    return pictures, notes
+
+
+def _compare(args: argparse.Namespace, out: IO[str], progress: _Progress) -> int:
+    import pytest
+
+    from . import _report
+    from ._compare import _side_notes, render
+    from ._report import _Flag, _Record
+
+    directory = Path(args.out)
+    try:
+        _report.check_gallery_dir(directory, option="--out")
+    except pytest.UsageError as exc:
+        raise CLIError(str(exc)) from None
+    mapping = _parse_mapping(args.mapping)
+    a, input_a = _build(args.spec_a, args, progress)
+    b, input_b = _build(args.spec_b, args, progress)
+    if not (input_a.tensor.shape == input_b.tensor.shape and bool((input_a.tensor == input_b.tensor).all())):
+        # only token ids depend on the model (the range of its embedding)
+        raise CLIError(f"the two models take different inputs: {a.spec}: {input_a.description}; {b.spec}: "
+                       f"{input_b.description}; give both the same batch with --input ids.pt")
+    # typos in a module path fail before the models run; the rest once their records are known
+    _check_mapping_names(mapping, a, b, _could_be_record(a.model), _could_be_record(b.model))
+    diff, caught = _run_compare(a, b, input_a, args, mapping, progress)
+    seen_a = {r.reference for r in diff.rows} | set(diff.only_reference) | set(diff.skipped)
+    seen_b = {r.candidate for r in diff.rows} | set(diff.only_candidate)
+    _check_mapping_names(mapping, a, b, lambda n: (n in seen_a, seen_a), lambda n: (n in seen_b, seen_b),
+                         " among the records compared (--layers and --ops choose them)")
+    # the terminal and the gallery name the models as the user did
+    diff = dataclasses.replace(diff, reference_name=a.spec, candidate_name=b.spec)
+    pictures, notes = _compare_pictures(diff, args.max_pictures, progress)
+    title = f"{a.spec} vs {b.spec}"
+    if not diff.rows:
+        outcome = "failed"
+        verdict = [f"no record of {a.spec} has a counterpart in {b.spec}: nothing was compared; give --mapping "
+                   "OLD=NEW for records whose names differ", *_side_notes(diff)]
+    elif diff.first is not None:
+        outcome = "failed"
+        verdict = render(diff).splitlines()
+    else:
+        outcome = "passed"
+        first = diff.rows[0]
+        verdict = [f"{b.spec} computes the same as {a.spec}: {_plural(len(diff.rows), 'compared record')} agree "
+                   f"within |candidate - reference| <= atol + rtol * |reference| (first: rtol={first.rtol:g}, "
+                   f"atol={first.atol:g})", *_side_notes(diff)]
+    flags = [_Flag(r.reference, list(r.channels), "diverges") for r in diff.diverged]
+    table = [line for line in verdict if line.startswith(("first diverging", "tolerances", "only in", "skipped"))]
+    record = _Record(f"{title} :: comparison", outcome, [r.reference for r in diff.rows], flags, pictures,
+                     len(diff.diverged) - len(pictures), [verdict[0], *table, *notes])
+    progress(f"writing {directory}")
+    try:
+        index = _report.write_gallery(directory, [record], sort=False, title=f"featcheck compare {title}",
+                                      cap_option="--max-pictures")
+    except (OSError, pytest.UsageError) as exc:
+        raise CLIError(f"--out: the gallery cannot be written: {exc}") from None
+    progress.clear()
+    write = out.write
+    write(f"featcheck compare {a.description} -> {b.description}\n")
+    calibrated = f"; BatchNorm calibrated on {args.calibrate} random batches" if args.calibrate else ""
+    write(f"input: {input_a.description}{calibrated}\n")
+    write(f"{_plural(len(diff.rows), 'pair')} of records compared, {len(diff.diverged)} diverging; "
+          f"{len(diff.only_reference)} only in {a.spec}, {len(diff.only_candidate)} only in {b.spec}\n")
+    for line in verdict:
+        write(f"{line}\n")
+    for note in caught:
+        write(f"note: {_first_line_text(note)}\n")
+    write(f"gallery: {index} ({_plural(len(pictures), 'picture')}; summary.json beside it)\n")
+    if args.open:
+        webbrowser.open(index.resolve().as_uri())
+    return EXIT_OK if outcome == "passed" else EXIT_FAILED
 
 
 # -- diff -----------------------------------------------------------------------------------------
@@ -433,11 +714,14 @@ _Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argpa
 
 _COMMANDS: dict[str, _Command] = {
     "inspect": ("capture a model, run the checks, write the gallery and summary.json", _inspect_arguments, _inspect),
+    "compare": ("run two models on the same input and show where they stop computing the same",
+                _compare_arguments, _compare),
     "diff": ("architecture diff of two baselines, or of a baseline and a model", _diff_arguments, _diff),
 }
 
 
-_EXIT_STATUS = "exit status: 0 passed (diff: same), 1 a check failed (diff: different), 2 bad usage, 3 internal error"
+_EXIT_STATUS = ("exit status: 0 passed (compare, diff: same), 1 a check failed (compare, diff: different), "
+                "2 bad usage, 3 internal error")
 
 
 def _parser() -> _Parser:
@@ -468,6 +752,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         sys.stderr.write("featcheck: internal error (the traceback above is featcheck's own): please report it\n")
         return EXIT_INTERNAL
+
+
+def _grad_rms(lc: Any) -> str:
+    """The RMS of a record's gradient, as ``assert_gradients_flow`` judges it; ``none`` where no
+    gradient reached it."""
+    from ._grads import rms
+
+    return "none" if lc.grad is None else f"{rms(lc.grad.stats):.2e}"
 
 
 def _shape(shape: Sequence[int]) -> str:

@@ -1,4 +1,4 @@
-"""The ``featcheck`` command line: ``inspect`` and ``diff``, run as the user runs them.
+"""The ``featcheck`` command line: ``inspect``, ``compare`` and ``diff``, run as the user runs them.
 
 Subprocess runs (``python -m featcheck``, with this checkout first on the path) cover what needs a
 real process: exit statuses, what reaches the terminal and what does not, the gallery on disk.
@@ -221,6 +221,169 @@ def test_diff_of_two_baselines(tmp_path: Path) -> None:
     assert same.returncode == 0 and same.stdout == f"featcheck diff: {before} and {before}: same architecture (9 layers)\n"
 
 
+
+# A small CNN in a local file, and variants of it: a copy with one conv's output channel 3
+# perturbed, one with a .detach() after its stem, one that takes grey images, token models whose
+# embeddings differ in range. Every builder draws the same initial weights (the CLI seeds 0).
+PAIR_MODEL = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, detach=False):
+        super().__init__()
+        self.detach = detach
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        if self.detach:
+            x = x.detach()
+        return self.fc(self.pool(self.body(x)).flatten(1))
+
+
+def healthy():
+    return Net()
+
+
+def detached():
+    return Net(detach=True)
+
+
+def perturbed():
+    model = Net()
+    with torch.no_grad():
+        model.body[0].weight[3] += 0.5
+    return model
+
+
+class Renamed(Net):
+    def __init__(self):
+        super().__init__()
+        self.trunk = self.body
+        del self.body
+
+    def forward(self, x):
+        return self.fc(self.pool(self.trunk(self.stem(x))).flatten(1))
+
+
+def renamed():
+    return Renamed()
+
+
+def grey():
+    model = Net()
+    model.stem[0] = nn.Conv2d(1, 8, 3, padding=1)
+    return model
+
+
+class Tokens(nn.Module):
+    def __init__(self, vocab):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 16)
+        self.proj = nn.Linear(16, 8)
+
+    def forward(self, ids):
+        return self.proj(self.embed(ids))
+
+
+def tokens50():
+    return Tokens(50)
+
+
+def tokens30():
+    return Tokens(30)
+"""
+
+
+@pytest.fixture
+def pair_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pair.py"
+    path.write_text(PAIR_MODEL)
+    return path
+
+
+def test_compare_with_a_perturbed_copy_names_the_layer_and_draws_it(tmp_path: Path, pair_file: Path) -> None:
+    result = run_cli("compare", "pair.py:healthy", "pair.py:perturbed", "--input", "4x3x16x16", "--out", "cmp", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr == ""
+    out = result.stdout
+    assert out.startswith("featcheck compare pair.py:healthy (Net) -> pair.py:perturbed (Net)\n")
+    assert "7 pairs of records compared, 4 diverging; 0 only in pair.py:healthy, 0 only in pair.py:perturbed" in out
+    assert "first diverging: body.0; its inputs agreed: the difference starts inside it" in out
+    # the failure table: the conv whose channel 3 changed, then what it feeds, inputs diverged
+    assert re.search(r"^body\.0 +=.* no +\[3\]$", out, re.M), out
+    assert re.search(r"^body\.1 +=.* yes +\[3\]$", out, re.M), out
+    data = summary(tmp_path / "cmp")
+    (section,) = data["tests"]
+    assert section["nodeid"] == "pair.py:healthy vs pair.py:perturbed :: comparison" and section["outcome"] == "failed"
+    assert section["flagged"][0] == {"layer": "body.0", "channels": [3], "check": "diverges"}
+    assert [f["layer"] for f in section["flagged"]] == ["body.0", "body.1", "pool", "fc"]
+    first = section["pictures"][0]
+    assert first["name"] == "body.0" and first["kind"] == "flagged: diverges"
+    assert dict(first["table"])["inputs diverged"] == "no"
+    picture = Image.open(tmp_path / "cmp" / first["file"])
+    assert picture.width > 3 * picture.height / 2  # reference | candidate | difference, side by side
+
+
+def test_compare_of_a_model_with_itself_passes(tmp_path: Path, pair_file: Path) -> None:
+    result = run_cli("compare", "pair.py:healthy", "pair.py:healthy", "--input", "4x3x16x16", "--calibrate", "2",
+                     "--out", "same", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    assert "7 pairs of records compared, 0 diverging" in result.stdout
+    assert "pair.py:healthy computes the same as pair.py:healthy: 7 compared records agree" in result.stdout
+    (section,) = summary(tmp_path / "same")["tests"]
+    assert section["outcome"] == "passed" and section["flagged"] == [] and section["pictures"] == []
+
+
+def test_compare_bad_mapping_exits_2_with_one_line(tmp_path: Path, pair_file: Path) -> None:
+    result = run_cli("compare", "pair.py:healthy", "pair.py:perturbed", "--input", "4x3x16x16",
+                     "--mapping", "body.0", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("featcheck: error: --mapping must be OLD=NEW, a record of SPEC_A and its counterpart in "
+                             "SPEC_B (layer3.conv=blocks.2.conv), got 'body.0'\n")
+    assert not (tmp_path / "featcheck-report").exists()
+
+
+def test_inspect_backward_names_the_parameters_a_detach_cuts_off(tmp_path: Path, pair_file: Path) -> None:
+    result = run_cli("inspect", "pair.py:detached", "--input", "4x3x16x16", "--backward", "--out", "det", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr == ""
+    out = result.stdout
+    assert "7 records (7 modules, 0 operations), 1 forward pass, 1 backward pass of out.logsumexp(-1).mean()" in out
+    assert re.search(r"^  stem\.0 +Conv2d +4x8x16x16 +1 +none$", out, re.M), out  # no gradient reaches it
+    assert re.search(r"^  body\.0 +Conv2d +4x8x16x16 +1 +\d\.\d\de-\d\d$", out, re.M), out
+    assert re.search(r"^  FAILED  parameters receive gradients: 4 of 8 parameters got no non-zero gradient", out, re.M)
+    table = out.split("parameters receive gradients:", 1)[1]
+    assert re.search(r"stem\.0 +weight +a non-zero gradient +no gradient \(None\)", table)
+    assert re.search(r"stem\.1 +weight +a non-zero gradient +no gradient \(None\)", table)
+    assert "body.0" not in table.split("Usual causes")[0] and "fc " not in table.split("Usual causes")[0]
+    assert re.search(r"^  passed  gradients finite: 4 layers and 8 parameters$", out, re.M)
+    sections = {t["nodeid"].split(" :: ")[1]: t for t in summary(tmp_path / "det")["tests"]}
+    failed = sections["check: parameters receive gradients"]
+    assert failed["outcome"] == "failed" and any("stem.0  weight" in n for n in failed["notes"])
+    # the gradient-flow picture goes with the gradient check that failed
+    assert [p["kind"] for p in failed["pictures"]] == ["gradient flow"]
+
+
+def test_inspect_backward_of_a_healthy_model_passes_with_a_gradient_flow_picture(tmp_path: Path, pair_file: Path) -> None:
+    result = run_cli("inspect", "pair.py:healthy", "--input", "4x3x16x16", "--backward", "--out", "ok", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for check in ("gradients finite: 7 layers and 8 parameters",
+                  "gradient flow: 7 layers within [1e-4, 1e4] times the gradient at the loss end",
+                  "parameters receive gradients: 8 parameters"):
+        assert f"  passed  {check}\n" in result.stdout, result.stdout
+    sections = {t["nodeid"].split(" :: ")[1]: t for t in summary(tmp_path / "ok")["tests"]}
+    (flow,) = sections["check: gradient flow"]["pictures"]
+    assert flow["kind"] == "gradient flow" and flow["name"] == "Net"
+    picture = Image.open(tmp_path / "ok" / flow["file"])
+    assert picture.width >= 400 and picture.height >= 300
+
 # -- in-process: the same main() ---------------------------------------------------------------------
 
 
@@ -337,6 +500,85 @@ def test_every_kind_of_bad_input_is_one_line(
     assert not (tmp_path / "featcheck-report").exists()  # nothing was written for a failed start
 
 
+
+def test_compare_bad_usage_is_one_line(
+    tmp_path: Path, pair_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    pair = ["pair.py:healthy", "pair.py:perturbed", "--input", "2x3x8x8"]
+    cases = [
+        ([*pair, "--mapping", "body.0=body.0", "--mapping", "body.0=fc"], "--mapping body.0 is given twice"),
+        ([*pair, "--mapping", "=fc"], "--mapping must be OLD=NEW"),
+        # a module path that is not there fails before the models run; an operation-like name after
+        ([*pair, "--mapping", "bdoy.0=body.0"], "--mapping bdoy.0=body.0: pair.py:healthy has no record 'bdoy.0'; did you mean body.0"),
+        ([*pair, "--mapping", "body.0=body.9"], "pair.py:perturbed has no record 'body.9' among the records compared"),
+        ([*pair, "--rtol", "nan"], "argument --rtol: expected a finite number >= 0"),
+        ([*pair, "--backward"], "unrecognized arguments: --backward"),
+        ([*pair, "--layers", "bodi*"], "--layers: pattern 'bodi*' matches nothing"),
+        (["pair.py:healthy", "pair.py:grey", "--input", "2x3x8x8"], "pair.py:grey failed on input 2x3x8x8: RuntimeError"),
+        (["pair.py:grey", "pair.py:healthy", "--input", "2x3x8x8"], "pair.py:grey failed on input 2x3x8x8: RuntimeError"),
+        (["pair.py:tokens50", "pair.py:tokens30", "--tokens", "6"],
+         "the two models take different inputs: pair.py:tokens50: 2x6 random token ids in [0, 50) (seed 0); "
+         "pair.py:tokens30: 2x6 random token ids in [0, 30) (seed 0); give both the same batch with --input ids.pt"),
+        (["pair.py:healthy", "--input", "2x3x8x8"], "the following arguments are required: SPEC_B"),
+    ]
+    for args, expected in cases:
+        status, out, err = main(capsys, "compare", *args)
+        assert status == 2, (args, out, err)
+        assert out == "" and err.startswith("featcheck: error: ") and err.count("\n") == 1, (args, err)
+        assert expected in err, (args, err)
+    assert not (tmp_path / "featcheck-report").exists()
+
+
+def test_compare_with_a_mapping_pairs_renamed_records(
+    tmp_path: Path, pair_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["compare", "pair.py:healthy", "pair.py:renamed", "--input", "2x3x8x8", "--no-ops"]
+    status, out, err = main(capsys, *args, "--mapping", "body.0=trunk.0", "--mapping", "body.1=trunk.1", "--out", "a")
+    assert (status, err) == (0, "") and "7 pairs of records compared, 0 diverging; 0 only in" in out, out
+    # the mapping is what pairs them: body.0 (a conv) against trunk.1 (the ReLU after it) differs
+    status, out, err = main(capsys, *args, "--mapping", "body.0=trunk.1", "--out", "b")
+    assert (status, err) == (1, ""), err
+    assert re.search(r"^body\.0 +trunk\.1 .* yes +\[", out, re.M), out  # its input is trunk.0's output
+
+
+
+def test_inspect_backward_runs_one_forward_and_differentiates_a_feature_map(
+    tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "forwards.log"
+    status, out, err = main(capsys, "inspect", f"{model_file}:build", "--arg", f"log={log}", "--input", "2x3x8x8",
+                            "--backward", "--out", "g")
+    assert (status, err) == (0, ""), out
+    assert log.read_text().splitlines() == ["forward"]  # the backward pass reuses the capture's graph
+    # a [2, 4, 4, 4] output is no classifier's: its loss is the mean square
+    assert "1 forward pass, 1 backward pass of out.float().pow(2).mean()" in out
+
+def test_default_loss_of_backward() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 10, requires_grad=True)
+    loss = _cli._DefaultLoss()
+    assert torch.equal(loss(logits), logits.logsumexp(-1).mean()) and loss.used == "out.logsumexp(-1).mean()"
+    maps = torch.randn(2, 3, 4, 4, requires_grad=True)
+    assert torch.equal(loss(maps), maps.pow(2).mean()) and loss.used == "out.float().pow(2).mean()"
+    column = torch.randn(4, 1, requires_grad=True)  # one output per sample: not a classifier
+    assert torch.equal(loss(column), column.pow(2).mean())
+    assert torch.equal(loss({"ids": torch.arange(3), "logits": logits}), logits.logsumexp(-1).mean())
+    assert loss.used == "out.logsumexp(-1).mean() (out: the output's first floating-point tensor)"
+    with pytest.raises(CLIError, match="holds no floating-point tensor"):
+        loss((torch.arange(3),))
+    with pytest.raises(CLIError, match="depends on no parameter that requires grad"):
+        loss(torch.randn(4, 10))
+
+
+def test_parse_mapping() -> None:
+    assert _cli._parse_mapping(["a.b=c.d", "layer1.0.add=blocks.0.add"]) == {"a.b": "c.d", "layer1.0.add": "blocks.0.add"}
+    for bad in ("a", "a=", "=b", "a=b=c"):
+        with pytest.raises(CLIError, match="--mapping must be OLD=NEW"):
+            _cli._parse_mapping([bad])
+
 def test_console_script_is_main(tmp_path: Path) -> None:
     text = (ROOT / "pyproject.toml").read_text()
     section = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
@@ -345,7 +587,7 @@ def test_console_script_is_main(tmp_path: Path) -> None:
     module = __import__(target.group(1), fromlist=[target.group(2)])
     assert getattr(module, target.group(2)) is _cli.main
     result = run_cli("--help", cwd=tmp_path)
-    assert result.returncode == 0 and "inspect" in result.stdout and "diff" in result.stdout
+    assert result.returncode == 0 and all(c in result.stdout for c in ("inspect", "compare", "diff"))
 
 
 # -- pure logic ---------------------------------------------------------------------------------------

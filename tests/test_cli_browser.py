@@ -36,3 +36,22 @@ def test_inspect_gallery_renders_every_picture_in_chromium(tmp_path: Path) -> No
     imgs = open_and_check((tmp_path / "gallery" / "index.html").as_uri(), tmp_path / "shot.png", len(files))
     assert sorted(src for src, _, _ in imgs) == sorted(files)
     assert all(w > 0 and h > 0 for _, w, h in imgs), imgs
+
+
+
+def test_compare_gallery_renders_every_picture_in_chromium(tmp_path: Path) -> None:
+    (tmp_path / "pair.py").write_text(
+        "from fixtures.defects import make\n\n\ndef clean():\n    return make('dead_relu', False)\n\n\n"
+        "def dead():\n    return make('dead_relu', True)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "featcheck", "compare", "pair.py:clean", "pair.py:dead", "--input", "4x3x32x32",
+         "--out", "gallery"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    files = [p["file"] for t in json.loads((tmp_path / "gallery" / "summary.json").read_text())["tests"] for p in t["pictures"]]
+    assert files  # reference | candidate | difference of the first diverging records
+    imgs = open_and_check((tmp_path / "gallery" / "index.html").as_uri(), tmp_path / "shot.png", len(files))
+    assert sorted(src for src, _, _ in imgs) == sorted(files)
+    assert all(w > 0 and h > 0 for _, w, h in imgs), imgs
