@@ -441,6 +441,7 @@ class _Comparison:
     def __init__(self, rtol: Tolerance, atol: Tolerance, max_memory: int | None) -> None:
         self.rtol, self.atol = rtol, atol
         self.inverse: dict[str, str] = {}
+        self.mapped_refs: set[str] = set()  # reference names the mapping pairs explicitly
         self.ref: dict[str, _Entry] = {}
         self.ref_held = _Held(max_memory)
         self.skipped: list[str] = []
@@ -469,7 +470,10 @@ class _Comparison:
         try:
             self.cand_order += 1
             mapped = self.inverse.get(rec.name)
-            entry = self.ref.get(rec.name if mapped is None else mapped)
+            # a reference record that the mapping pairs with another candidate record is not
+            # taken by name: mapping={"body.0": "body.1"} must not pair candidate body.0 with it
+            taken = mapped is None and rec.name in self.mapped_refs
+            entry = None if taken else self.ref.get(rec.name if mapped is None else mapped)
             # a name that is the same by chance (Sequential indices after an insertion) is left to
             # the structural alignment at the end: same name, type and shape is a match now
             if entry is not None and tuple(entry.out.shape) == tuple(t.shape) and (
@@ -657,6 +661,7 @@ def compare(
             raise state.errors[0]
         state.ref_held.forget()
         state.inverse = _inverse(mapping, ref_cap.names)
+        state.mapped_refs = set(state.inverse.values())
         del ref_cap  # it holds the reference's output: only the copies are needed now
         c_dtype, c_device = _model_place(cand_eager)
         # with a mapping the candidate's names differ: all its records are seen and aligned

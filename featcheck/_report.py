@@ -366,7 +366,7 @@ figcaption{font-size:.8em;white-space:pre-wrap;max-width:40em}
 table.featcheck-health{border-collapse:collapse;font-size:.8em;margin-top:.3em}
 table.featcheck-health th,table.featcheck-health td{border:1px solid #ddd;padding:.1em .5em;text-align:left}
 .flagged{color:#c62828}
-.note{color:#8d4004;background:#fff3e0;border-left:3px solid #ef6c00;padding:.2em .6em}
+.note{color:#8d4004;background:#fff3e0;border-left:3px solid #ef6c00;padding:.2em .6em;white-space:pre-wrap}
 """
 
 

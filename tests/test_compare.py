@@ -125,6 +125,15 @@ def test_rewritten_class_with_other_names_passes_with_a_mapping() -> None:
         featcheck.assert_same_activations(old, new, torch.randn(2, 3, 8, 8), mapping=lambda name: mapping[name])
 
 
+def test_a_mapped_reference_record_is_not_also_taken_by_its_name() -> None:
+    # the candidate's "0" runs before its "2": without the rule it would take reference "0" by name
+    ref = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, padding=1))
+    cand = copy.deepcopy(ref)
+    diff = featcheck.compare(ref, cand, torch.randn(2, 4, 6, 6), mapping={"0": "2"})
+    pairs = [(r.reference, r.candidate) for r in diff.rows]
+    assert ("0", "2") in pairs and ("0", "0") not in pairs
+
+
 def test_an_inserted_identity_is_an_added_record_not_a_cascade_of_renames() -> None:
     ref = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Tanh())
     cand = nn.Sequential(ref[0], nn.Identity(), *copy.deepcopy(list(ref)[1:]))
