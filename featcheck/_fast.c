@@ -148,35 +148,60 @@ typedef struct { double n, s, q, z, lo, hi, d, mean, sd; float mn, mx; } exact_a
 
 /* One channel's first pass: rows a = 0..A-1 of B values, at p + a * stride. */
 #ifdef FC_X86
-/* 8 values at a time, vector accumulators kept across the channel's rows: float32 min, max and
- * counts (int32 lanes: fewer than 2^31 values per lane), double sums. Returns 0 when it did
- * nothing (rows of fewer than 8 values or a channel too long for the lane counts). */
+/* Eight lanes of first-pass accumulators: float32 min and max, double sums of values and squares
+ * (s0/q0 for lanes 0-3, s1/q1 for lanes 4-7), int32 counts of zeros and of values at each bound
+ * (fewer than 2^31 values per lane). Shared by the two AVX2 loops below, which differ only in
+ * what a lane is: eight positions of one channel, or one position of eight channels. */
+typedef struct { __m256 mn, mx; __m256d s0, s1, q0, q1; __m256i z, cl, ch; } lanes8;
+typedef struct { double s[8], q[8]; float mn[8], mx[8]; int32_t z[8], lo[8], hi[8]; } lanes8_out;
+
+#define FC_AVX2_INLINE static inline __attribute__((target("avx2,fma"), always_inline))
+
+FC_AVX2_INLINE void lanes8_init(lanes8 *l) {
+    l->mn = _mm256_set1_ps(INFINITY); l->mx = _mm256_set1_ps(-INFINITY);
+    l->s0 = l->s1 = l->q0 = l->q1 = _mm256_setzero_pd();
+    l->z = l->cl = l->ch = _mm256_setzero_si256();
+}
+
+FC_AVX2_INLINE void lanes8_add(lanes8 *l, __m256 v, __m256 vtl, __m256 vth, int bounded) {
+    __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    l->s0 = _mm256_add_pd(l->s0, lo); l->s1 = _mm256_add_pd(l->s1, hi);
+    l->q0 = _mm256_fmadd_pd(lo, lo, l->q0); l->q1 = _mm256_fmadd_pd(hi, hi, l->q1);
+    l->mn = _mm256_min_ps(l->mn, v); l->mx = _mm256_max_ps(l->mx, v);
+    /* a true comparison is all ones, -1 as an integer: subtracting it counts */
+    l->z = _mm256_sub_epi32(l->z, _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_EQ_OQ)));
+    if (bounded) {
+        l->cl = _mm256_sub_epi32(l->cl, _mm256_castps_si256(_mm256_cmp_ps(v, vtl, _CMP_LE_OQ)));
+        l->ch = _mm256_sub_epi32(l->ch, _mm256_castps_si256(_mm256_cmp_ps(v, vth, _CMP_GE_OQ)));
+    }
+}
+
+FC_AVX2_INLINE void lanes8_store(const lanes8 *l, lanes8_out *o) {
+    _mm256_storeu_pd(o->s, l->s0); _mm256_storeu_pd(o->s + 4, l->s1);
+    _mm256_storeu_pd(o->q, l->q0); _mm256_storeu_pd(o->q + 4, l->q1);
+    _mm256_storeu_ps(o->mn, l->mn); _mm256_storeu_ps(o->mx, l->mx);
+    _mm256_storeu_si256((__m256i *)o->z, l->z);
+    _mm256_storeu_si256((__m256i *)o->lo, l->cl);
+    _mm256_storeu_si256((__m256i *)o->hi, l->ch);
+}
+
+/* One channel, 8 values at a time, the lanes kept across the channel's rows. Returns 0 when it
+ * did nothing (rows of fewer than 8 values or a channel too long for the lane counts). */
 __attribute__((target("avx2,fma")))
 static int exact_channel_avx2(const float *p, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t length,
                               exact_acc *st, float tl, float th, int bounded) {
     if (length < 8 || (double)rows * (double)length >= 0x1p33) return 0;
-    const __m256 zero = _mm256_setzero_ps(), vtl = _mm256_set1_ps(tl), vth = _mm256_set1_ps(th);
-    __m256 mn = _mm256_set1_ps(INFINITY), mx = _mm256_set1_ps(-INFINITY);
-    __m256d s0 = _mm256_setzero_pd(), s1 = s0, q0 = s0, q1 = s0;
-    __m256i z = _mm256_setzero_si256(), cl = z, ch = z;
+    const __m256 vtl = _mm256_set1_ps(tl), vth = _mm256_set1_ps(th);
+    lanes8 l;
+    lanes8_init(&l);
     double ts = 0.0, tq = 0.0;
     float tmn = INFINITY, tmx = -INFINITY;
     Py_ssize_t tz = 0, tcl = 0, tch = 0;
     for (Py_ssize_t a = 0; a < rows; a++) {
         const float *r = p + a * stride;
         Py_ssize_t i = 0;
-        for (; i + 8 <= length; i += 8) {
-            __m256 v = _mm256_loadu_ps(r + i);
-            __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-            s0 = _mm256_add_pd(s0, lo); s1 = _mm256_add_pd(s1, hi);
-            q0 = _mm256_fmadd_pd(lo, lo, q0); q1 = _mm256_fmadd_pd(hi, hi, q1);
-            mn = _mm256_min_ps(mn, v); mx = _mm256_max_ps(mx, v);
-            z = _mm256_sub_epi32(z, _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_EQ_OQ)));
-            if (bounded) {
-                cl = _mm256_sub_epi32(cl, _mm256_castps_si256(_mm256_cmp_ps(v, vtl, _CMP_LE_OQ)));
-                ch = _mm256_sub_epi32(ch, _mm256_castps_si256(_mm256_cmp_ps(v, vth, _CMP_GE_OQ)));
-            }
-        }
+        for (; i + 8 <= length; i += 8)
+            lanes8_add(&l, _mm256_loadu_ps(r + i), vtl, vth, bounded);
         for (; i < length; i++) {  /* the row's tail */
             float v = r[i];
             ts += v; tq += (double)v * v;
@@ -185,65 +210,41 @@ static int exact_channel_avx2(const float *p, Py_ssize_t rows, Py_ssize_t stride
             if (bounded) { tcl += (v <= tl); tch += (v >= th); }
         }
     }
-    double sd[4], qd[4];
-    float mnv[8], mxv[8];
-    int32_t zi[8], li[8], hv[8];
-    _mm256_storeu_pd(sd, _mm256_add_pd(s0, s1));
-    _mm256_storeu_pd(qd, _mm256_add_pd(q0, q1));
-    _mm256_storeu_ps(mnv, mn); _mm256_storeu_ps(mxv, mx);
-    _mm256_storeu_si256((__m256i *)zi, z); _mm256_storeu_si256((__m256i *)li, cl); _mm256_storeu_si256((__m256i *)hv, ch);
-    st->s = ts + (sd[0] + sd[1]) + (sd[2] + sd[3]);
-    st->q = tq + (qd[0] + qd[1]) + (qd[2] + qd[3]);
+    lanes8_out o;
+    lanes8_store(&l, &o);
     for (int k = 0; k < 8; k++) {
         /* a NaN leaves a lane's min or max undefined: the sums are NaN too, and the channel is
          * recomputed by the careful passes */
-        tmn = mnv[k] < tmn ? mnv[k] : tmn;
-        tmx = mxv[k] > tmx ? mxv[k] : tmx;
-        tz += zi[k]; tcl += li[k]; tch += hv[k];
+        ts += o.s[k]; tq += o.q[k];
+        tmn = o.mn[k] < tmn ? o.mn[k] : tmn;
+        tmx = o.mx[k] > tmx ? o.mx[k] : tmx;
+        tz += o.z[k]; tcl += o.lo[k]; tch += o.hi[k];
     }
-    st->mn = tmn; st->mx = tmx;
+    st->s = ts; st->q = tq; st->mn = tmn; st->mx = tmx;
     st->z = (double)tz; st->lo = (double)tcl; st->hi = (double)tch;
     return 1;
 }
-#endif
 
-#ifdef FC_X86
 /* Eight channels c0..c0+7 at once, one per lane, for rows shorter than 8 values (where a channel at
  * a time would spend its time on bookkeeping, not values): lane j reads channel c0 + j's values,
  * B floats apart, with a gather (B == 1: one plain load). Fills acc[0..7]. */
 __attribute__((target("avx2,fma")))
 static void exact_group_avx2(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c0,
                              exact_acc *acc, float tl, float th, int bounded) {
-    const __m256 zero = _mm256_setzero_ps(), vtl = _mm256_set1_ps(tl), vth = _mm256_set1_ps(th);
+    const __m256 vtl = _mm256_set1_ps(tl), vth = _mm256_set1_ps(th);
     const __m256i lanes = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)b_n));
-    __m256 mn = _mm256_set1_ps(INFINITY), mx = _mm256_set1_ps(-INFINITY);
-    __m256d s0 = _mm256_setzero_pd(), s1 = s0, q0 = s0, q1 = s0;
-    __m256i z = _mm256_setzero_si256(), cl = z, ch = z;
+    lanes8 l;
+    lanes8_init(&l);
     for (Py_ssize_t a = 0; a < a_n; a++) {
         const float *r = x + (a * c_n + c0) * b_n;
-        for (Py_ssize_t i = 0; i < b_n; i++) {
-            __m256 v = b_n == 1 ? _mm256_loadu_ps(r) : _mm256_i32gather_ps(r + i, lanes, 4);
-            __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-            s0 = _mm256_add_pd(s0, lo); s1 = _mm256_add_pd(s1, hi);
-            q0 = _mm256_fmadd_pd(lo, lo, q0); q1 = _mm256_fmadd_pd(hi, hi, q1);
-            mn = _mm256_min_ps(mn, v); mx = _mm256_max_ps(mx, v);
-            z = _mm256_sub_epi32(z, _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_EQ_OQ)));
-            if (bounded) {
-                cl = _mm256_sub_epi32(cl, _mm256_castps_si256(_mm256_cmp_ps(v, vtl, _CMP_LE_OQ)));
-                ch = _mm256_sub_epi32(ch, _mm256_castps_si256(_mm256_cmp_ps(v, vth, _CMP_GE_OQ)));
-            }
-        }
+        for (Py_ssize_t i = 0; i < b_n; i++)
+            lanes8_add(&l, b_n == 1 ? _mm256_loadu_ps(r) : _mm256_i32gather_ps(r + i, lanes, 4), vtl, vth, bounded);
     }
-    double sd[8], qd[8];
-    float mnv[8], mxv[8];
-    int32_t zi[8], li[8], hv[8];
-    _mm256_storeu_pd(sd, s0); _mm256_storeu_pd(sd + 4, s1);
-    _mm256_storeu_pd(qd, q0); _mm256_storeu_pd(qd + 4, q1);
-    _mm256_storeu_ps(mnv, mn); _mm256_storeu_ps(mxv, mx);
-    _mm256_storeu_si256((__m256i *)zi, z); _mm256_storeu_si256((__m256i *)li, cl); _mm256_storeu_si256((__m256i *)hv, ch);
+    lanes8_out o;
+    lanes8_store(&l, &o);
     for (int j = 0; j < 8; j++) {
-        acc[j].s = sd[j]; acc[j].q = qd[j]; acc[j].mn = mnv[j]; acc[j].mx = mxv[j];
-        acc[j].z = zi[j]; acc[j].lo = li[j]; acc[j].hi = hv[j];
+        acc[j].s = o.s[j]; acc[j].q = o.q[j]; acc[j].mn = o.mn[j]; acc[j].mx = o.mx[j];
+        acc[j].z = o.z[j]; acc[j].lo = o.lo[j]; acc[j].hi = o.hi[j];
     }
 }
 #endif
