@@ -56,6 +56,13 @@ def test_shapes_that_differ_are_a_note_not_an_error() -> None:
     assert res.note == "shapes differ: (1, 2, 4) vs (1, 2, 5)" and math.isnan(res.max_abs)
 
 
+def test_empty_outputs_agree_and_keep_no_maps() -> None:
+    # a detector with random weights finds no boxes: outputs of shape [0, 4] must compare, not crash
+    res = compare_tensors(torch.zeros(0, 4), torch.zeros(0, 4), 1, 1e-4, 1e-5, keep=True)
+    assert (res.max_abs, res.mismatched, res.channels) == (0.0, 0.0, [])
+    assert res.maps is None
+
+
 def test_comparison_is_in_float32_or_wider_and_default_atol_scales_with_the_layer() -> None:
     ref = torch.tensor([[100.0, 0.0]])
     cand = torch.tensor([[100.0, 5e-4]], dtype=torch.bfloat16)  # bf16 rounds 5e-4 to 5.0021e-4

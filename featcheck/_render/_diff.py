@@ -137,7 +137,8 @@ def diff_grid(diff: Any, layer: str) -> Image.Image:
         raise TypeError(f"layer must be a record name (str), got {type(layer).__name__}: {layer!r}")
     row = diff.row(layer)
     if row._maps is None:
-        raise ValueError(f"{layer!r} was not compared element-wise ({row.note}): there is nothing to draw")
+        why = row.note or "its output holds no values"
+        raise ValueError(f"{layer!r} was not compared element-wise ({why}): there is nothing to draw")
     ref, cand, chosen = row._maps
     bad = set(row.channels)
     name = row.reference if row.candidate == row.reference else f"{row.reference} -> {row.candidate}"
