@@ -274,12 +274,17 @@ def _exact_kernel(
     a, c, b = v.shape
     if out is None:
         out = np.empty((len(ROWS), c))
-    lo = hi = 0.0
-    if bounds is not None:
-        eps = tol * (bounds[1] - bounds[0])
-        lo, hi = bounds[0] + eps, bounds[1] - eps
-    _fast.chanexact(v.numpy(), a, c, b, out, lo, hi, bounds is not None, idx)
+    _fast.chanexact(v.numpy(), a, c, b, out, *_thresholds(bounds, tol), idx)
     return out
+
+
+def _thresholds(bounds: tuple[float, float] | None, tol: float) -> tuple[float, float, bool]:
+    """The exact kernel's bound arguments: values at or below ``lo``, at or above ``hi``, and
+    whether to count them at all."""
+    if bounds is None:
+        return 0.0, 0.0, False
+    eps = tol * (bounds[1] - bounds[0])
+    return bounds[0] + eps, bounds[1] - eps, True
 
 
 def reduce_fast(
@@ -320,10 +325,8 @@ def reduce_fast(
             ~constant & ((var < _ILL_CONDITIONED * meansq) | (meansq < _TINY_MEANSQ))
         )
     n_redo = np.count_nonzero(redo)
-    if exact_kernel and n_redo * 2 > redo.size:
-        return _exact_kernel(v, bounds, tol)
     if n_redo * 2 > redo.size:  # gathering most channels would cost more than it saves
-        return _exact(v, bounds, tol).numpy()
+        return _exact_kernel(v, bounds, tol) if exact_kernel else _exact(v, bounds, tol).numpy()
     out = np.zeros((len(ROWS), v.shape[1]))
     out[_N] = count
     out[_MEAN] = mean
@@ -379,11 +382,7 @@ def reduce(
         and 0 < x.numel() <= _SMALL and _fast is not None and x.is_contiguous()
     ):
         out = np.empty((len(ROWS), 1 if cdim is None else x.shape[cdim]))
-        lo = hi = 0.0
-        if bounds is not None:
-            eps = tol * (bounds[1] - bounds[0])
-            lo, hi = bounds[0] + eps, bounds[1] - eps
-        _fast.chanexact_ptr(x.data_ptr(), x.shape, -1 if cdim is None else cdim, out, lo, hi, bounds is not None)
+        _fast.chanexact_ptr(x.data_ptr(), x.shape, -1 if cdim is None else cdim, out, *_thresholds(bounds, tol))
         return out
     _check_reducible(x)
     channels = 1 if cdim is None else x.shape[cdim]
