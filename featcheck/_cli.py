@@ -430,7 +430,8 @@ def _bn_advice(cap: Any) -> list[str]:
             "models really have dead and saturated channels then; run again with --calibrate 8"]
 
 
-def _inspect(args: argparse.Namespace, out: IO[str], progress: _Progress) -> int:
+def _gallery_dir(args: argparse.Namespace) -> Path:
+    """``--out``, checked before any model is built (the plugin's rules for its gallery folder)."""
     import pytest
 
     from . import _report
@@ -440,6 +441,26 @@ def _inspect(args: argparse.Namespace, out: IO[str], progress: _Progress) -> int
         _report.check_gallery_dir(directory, option="--out")
     except pytest.UsageError as exc:
         raise CLIError(str(exc)) from None
+    return directory
+
+
+def _write_gallery(directory: Path, records: list[Any], title: str, progress: _Progress) -> Path:
+    """The standalone gallery and summary.json, in the order given; returns the index page."""
+    import pytest
+
+    from . import _report
+
+    progress(f"writing {directory}")
+    try:
+        return _report.write_gallery(directory, records, sort=False, title=title, cap_option="--max-pictures")
+    except (OSError, pytest.UsageError) as exc:
+        raise CLIError(f"--out: the gallery cannot be written: {exc}") from None
+
+
+def _inspect(args: argparse.Namespace, out: IO[str], progress: _Progress) -> int:
+    from . import _report
+
+    directory = _gallery_dir(args)
     loaded, model_input = _build(args.spec, args, progress)
     loss = _DefaultLoss() if args.backward else None
     cap, caught = _capture(loaded, model_input, args.layers, args.ops, progress, loss)
@@ -452,12 +473,7 @@ def _inspect(args: argparse.Namespace, out: IO[str], progress: _Progress) -> int
         drawn, _, problems = _report.render_requests([_report._GradFlow(cap)], 1)
         flow, notes = (drawn[0] if drawn else None), notes + problems
     records = _records(loaded.spec, cap, checks, pictures, notes, flow)
-    progress(f"writing {directory}")
-    try:
-        index = _report.write_gallery(directory, records, sort=False, title=f"featcheck inspect {loaded.spec}",
-                                      cap_option="--max-pictures")
-    except (OSError, pytest.UsageError) as exc:
-        raise CLIError(f"--out: the gallery cannot be written: {exc}") from None
+    index = _write_gallery(directory, records, f"featcheck inspect {loaded.spec}", progress)
     progress.clear()
     _summary(out, loaded, model_input, args, cap, caught, checks, len(pictures) + (flow is not None), index, loss)
     if args.open:
@@ -594,17 +610,10 @@ def _compare_pictures(diff: Any, limit: int, progress: _Progress) -> tuple[list[
 
 
 def _compare(args: argparse.Namespace, out: IO[str], progress: _Progress) -> int:
-    import pytest
-
-    from . import _report
     from ._compare import _side_notes, render
     from ._report import _Flag, _Record
 
-    directory = Path(args.out)
-    try:
-        _report.check_gallery_dir(directory, option="--out")
-    except pytest.UsageError as exc:
-        raise CLIError(str(exc)) from None
+    directory = _gallery_dir(args)
     mapping = _parse_mapping(args.mapping)
     a, input_a = _build(args.spec_a, args, progress)
     b, input_b = _build(args.spec_b, args, progress)
@@ -640,12 +649,7 @@ def _compare(args: argparse.Namespace, out: IO[str], progress: _Progress) -> int
     table = [line for line in verdict if line.startswith(("first diverging", "tolerances", "only in", "skipped"))]
     record = _Record(f"{title} :: comparison", outcome, [r.reference for r in diff.rows], flags, pictures,
                      len(diff.diverged) - len(pictures), [verdict[0], *table, *notes])
-    progress(f"writing {directory}")
-    try:
-        index = _report.write_gallery(directory, [record], sort=False, title=f"featcheck compare {title}",
-                                      cap_option="--max-pictures")
-    except (OSError, pytest.UsageError) as exc:
-        raise CLIError(f"--out: the gallery cannot be written: {exc}") from None
+    index = _write_gallery(directory, [record], f"featcheck compare {title}", progress)
     progress.clear()
     write = out.write
     write(f"featcheck compare {a.description} -> {b.description}\n")
