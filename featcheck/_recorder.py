@@ -526,10 +526,10 @@ class Recorder:
                 rec._add(p.block)
             rec.samples += p.samples
             rec.forwards += 1
-            if rec._layout != (p.shape, p.dtype, input_size):  # the same in most forwards
-                rec._layout = (p.shape, p.dtype, input_size)
-                rec.shape = tuple(p.shape)
-                rec.dtype = str(p.dtype)
+            dtype = str(p.dtype)
+            if rec.shape != p.shape or rec.dtype != dtype or rec.input_size != input_size:
+                rec.shape = tuple(p.shape)  # and what follows from it: the same in most forwards
+                rec.dtype = dtype
                 rec.input_size = input_size
                 spatial = rec.spatial
                 if input_size is not None and spatial and len(spatial) == len(input_size):

@@ -103,7 +103,6 @@ class LayerCapture:
         self.sample_step: tuple[int, ...] = ()
         self.note = ""
         self._acc = _stats.Accumulator(channels)
-        self._layout: tuple[Any, ...] = ()  # (shape, dtype, input size) of the last call committed
         self._stats: dict[str, np.ndarray] | None = None
         # the record of d(loss)/d(this output), filled by the gradient hooks (featcheck._grads)
         self.grad: LayerCapture | None = None
