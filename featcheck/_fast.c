@@ -445,8 +445,75 @@ static PyObject *chanexact_ptr(PyObject *self, PyObject *args) {
     return exact_core((const float *)(uintptr_t)address, NULL, a_n, c_n, b_n, ob, lo, hi, bounded, Py_None);
 }
 
+/* copy_ptr(address, out): copies len(out) bytes from the data at address (a torch tensor's
+ * data_ptr(), which the caller keeps alive and vouches holds that many bytes) into the writable
+ * buffer out. A hook's copy of a small map's first sample: one call instead of the several torch
+ * calls (about 4 us) of slicing and cloning it. */
+static PyObject *copy_ptr(PyObject *self, PyObject *args) {
+    unsigned long long address;
+    Py_buffer out;
+    if (!PyArg_ParseTuple(args, "Kw*", &address, &out)) return NULL;
+    if (address == 0 && out.len > 0) {
+        PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "copy_ptr: expected a data address, got 0");
+        return NULL;
+    }
+    if (out.len > 0) memcpy(out.buf, (const void *)(uintptr_t)address, (size_t)out.len);
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
+/* chanmerge(total, block): merges one [9, C] float64 statistics block into another, in place
+ * (rows n, mean, sd, min, max, zeros, nonfinite, at_lower, at_upper; see _stats.ROWS): Chan et
+ * al.'s parallel update, computed as _stats.Accumulator's merge computes it for two blocks (the
+ * means and spreads scaled by a power of two at least as large as all of them, so that no square
+ * overflows). Under `watch` every forward's block is merged at commit into the record's total
+ * with one call, so that the block's buffer is reused: a block kept per forward is fresh memory,
+ * and its page faults cost more than reducing a small map. */
+static PyObject *chanmerge(PyObject *self, PyObject *args) {
+    Py_buffer tb, bb;
+    if (!PyArg_ParseTuple(args, "w*y*", &tb, &bb)) return NULL;
+    if (tb.len != bb.len || tb.len % (9 * (Py_ssize_t)sizeof(double)) != 0) {
+        PyBuffer_Release(&tb);
+        PyBuffer_Release(&bb);
+        PyErr_SetString(PyExc_ValueError, "chanmerge: expected two [9, C] float64 blocks of the same size");
+        return NULL;
+    }
+    Py_ssize_t c_n = tb.len / (9 * (Py_ssize_t)sizeof(double));
+    double *t = (double *)tb.buf;
+    const double *b = (const double *)bb.buf;
+    for (Py_ssize_t c = 0; c < c_n; c++) {
+        double na = t[c], nb = b[c], ma = t[c_n + c], mb = b[c_n + c], sa = t[2 * c_n + c], sb = b[2 * c_n + c];
+        double n = na + nb;
+        double wa = n > 0 ? na / n : 0.0, wb = n > 0 ? nb / n : 0.0;
+        double big = fabs(ma) > fabs(mb) ? fabs(ma) : fabs(mb);
+        double spread = sa > sb ? sa : sb;
+        int e;
+        frexp(big > spread ? big : spread, &e);
+        double k = ldexp(1.0, e < -1022 ? -1022 : e > 1022 ? 1022 : e);
+        double xa = ma / k, xb = mb / k;
+        double mean = wa * xa + wb * xb;
+        double da = xa - mean, db = xb - mean, ya = sa / k, yb = sb / k;
+        double var = wa * (ya * ya + da * da) + wb * (yb * yb + db * db);
+        double lo = na > 0 ? ma : INFINITY, hi = na > 0 ? ma : -INFINITY;
+        if (nb > 0) { lo = mb < lo ? mb : lo; hi = mb > hi ? mb : hi; }
+        mean *= k;
+        t[c] = n;
+        t[c_n + c] = n > 0 ? (mean < lo ? lo : mean > hi ? hi : mean) : 0.0;
+        t[2 * c_n + c] = sqrt(var) * k;
+        t[3 * c_n + c] = b[3 * c_n + c] < t[3 * c_n + c] ? b[3 * c_n + c] : t[3 * c_n + c];
+        t[4 * c_n + c] = b[4 * c_n + c] > t[4 * c_n + c] ? b[4 * c_n + c] : t[4 * c_n + c];
+        for (int r = 5; r < 9; r++) t[r * c_n + c] += b[r * c_n + c];
+    }
+    PyBuffer_Release(&tb);
+    PyBuffer_Release(&bb);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"chanexact_ptr", chanexact_ptr, METH_VARARGS, "chanexact of C-contiguous float32 data at an address, with channels on one dimension."},
+    {"chanmerge", chanmerge, METH_VARARGS, "Merge one [9, C] float64 statistics block into another, in place."},
+    {"copy_ptr", copy_ptr, METH_VARARGS, "Copy bytes from a data address into a writable buffer."},
     {"chanstats", chanstats, METH_VARARGS, "Per-channel min, max, sum, sum of squares and non-zero count."},
     {"chanexact", chanexact, METH_VARARGS, "Exact per-channel statistics block of float32 data."},
     {NULL, NULL, 0, NULL},

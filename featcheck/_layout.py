@@ -111,6 +111,40 @@ def first_tensor(args: Any) -> torch.Tensor | None:
     return None
 
 
+FIRST = 1  # fixed_channel_dim: dim 1
+LAST = -1  # fixed_channel_dim: the last dim
+
+
+def fixed_channel_dim(module: nn.Module) -> int | None:
+    """What :func:`channel_dim` answers for ``module`` whatever its input (rules 2 to 4, for
+    outputs of rank 2 or more): :data:`FIRST`, :data:`LAST`, or ``None`` when it depends on the
+    output's shape or the input's channel axis. The rules look at the class only: decided once
+    per class, so that hooks pay for the class checks once, not once per call."""
+    cls = type(module)
+    try:
+        return _fixed[cls]
+    except KeyError:
+        fixed = _fixed[cls] = _fixed_channel_dim(module)
+        return fixed
+
+
+_fixed: weakref.WeakKeyDictionary[type, int | None] = weakref.WeakKeyDictionary()
+
+
+def _fixed_channel_dim(module: nn.Module) -> int | None:
+    if type(module).__name__ in _CHANNELS_FIRST_NAMES:
+        return FIRST
+    if isinstance(module, nn.LayerNorm):
+        return None
+    if isinstance(module, _CHANNELS_FIRST):
+        return FIRST
+    if isinstance(module, _CHANNELS_LAST):
+        return LAST
+    if isinstance(module, nn.Flatten):
+        return FIRST
+    return None
+
+
 def channel_dim(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor, tags: Tags) -> int | None:
     """The channel axis of ``out``, produced by ``module`` from ``args`` (rules 2 to 6)."""
     ndim = out.ndim

@@ -203,7 +203,10 @@ def remove(mode: TorchFunctionMode) -> bool:
     """Take ``mode`` off this thread's mode stack wherever it is, keeping the order of the modes
     above it; returns whether it was there."""
     n = torch._C._len_torch_function_stack()
-    for i in range(n - 1, -1, -1):
+    if n and torch._C._get_function_stack_at(n - 1) is mode:  # on top: the usual case
+        torch._C._pop_torch_function_stack()
+        return True
+    for i in range(n - 2, -1, -1):
         if torch._C._get_function_stack_at(i) is mode:
             above = [torch._C._pop_torch_function_stack() for _ in range(n - 1 - i)]
             torch._C._pop_torch_function_stack()

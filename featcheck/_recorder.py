@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules import module as _module_hooks
 
 from . import _config, _grads, _layout, _ops, _stats
 from ._records import LayerCapture
@@ -109,6 +110,23 @@ def _sample(t: torch.Tensor, cdim: int | None) -> tuple[torch.Tensor, tuple[int,
     return s.to("cpu", torch.float32, copy=True), steps
 
 
+def _first_sample(t: torch.Tensor, address: int, shape: torch.Size, cdim: int | None) -> tuple[Any, tuple[int, ...]]:
+    """``_sample`` of a contiguous float32 CPU map: where it keeps the whole first sample of a
+    channels-first map, one copy of its leading values into a numpy array (made a tensor at
+    commit), about 1 us instead of 8."""
+    ndim = len(shape)
+    if _COPY is None or cdim != 1 or ndim < 2:
+        return _sample(t.detach(), cdim)
+    c = shape[1]
+    positions = math.prod(shape[2:])
+    cap = _SAMPLE_MAX_1D if ndim == 3 else max(_SAMPLE_MIN_POSITIONS, min(SAMPLE_MAX_POSITIONS, SAMPLE_MAX_VALUES // max(1, c)))
+    if positions > cap:
+        return _sample(t.detach(), cdim)
+    out = np.empty(shape[1:], np.float32)
+    _COPY(address, out)
+    return out, (1,) * (ndim - 2)
+
+
 def _spatial_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, ...] | None:
     for a in (*args, *kwargs.values()):
         if isinstance(a, torch.Tensor) and a.ndim >= 3:
@@ -148,12 +166,17 @@ def default_batchnorm(model: nn.Module) -> list[str]:
 
 _UNSET = object()
 
+# The exact C kernel for small float32 maps and the copy of their first sample (featcheck/_fast.c),
+# when it was built.
+_KERNEL = _stats._fast.chanexact_ptr if _stats._fast is not None else None
+_COPY = getattr(_stats._fast, "copy_ptr", None)
+
 # featcheck's own torch calls are seen by no torch function mode, the user's or its own.
 _quiet = torch._C.DisableTorchFunction
 
 # torch's fused modules: an active mode switches off their fast paths and changes their output.
 _FUSED = _layout.FUSED
-# A frame marking that a fused module took the op mode off the stack.
+# A frame marking that a leaf or fused module took the op mode off the stack.
 _PAUSED = ("(mode paused)", False)
 
 
@@ -170,16 +193,20 @@ def _unsupported(t: torch.Tensor) -> str:
     return ""
 
 
-@dataclasses.dataclass(slots=True)
-class _Pending:
-    """What one call contributed, committed when the model's forward returns."""
+class _Entry:
+    """One module of the inspected model: what the common hooks do when it runs."""
 
-    rec: LayerCapture
-    block: np.ndarray | torch.Tensor | None
-    shape: torch.Size
-    dtype: torch.dtype
-    samples: int
-    sample: tuple[torch.Tensor, tuple[int, ...]] | None
+    __slots__ = ("name", "frame", "pauses", "record", "hooked", "fixed")
+
+    def __init__(self, name: str, module: nn.Module, leaf: bool, record: bool, hooked: bool, ops: bool) -> None:
+        fused = isinstance(module, _FUSED)
+        self.name = name
+        # the frame operations called by its forward are attributed to: (name prefix, recorded?)
+        self.frame = (f"{name}.", False) if leaf or fused else (f"{name}." if name else "", True)
+        self.pauses = ops and (leaf or fused)  # the op mode is off while it runs
+        self.record = record  # its outputs are recorded
+        self.hooked = hooked  # recorded, or a leaf whose output's channel axis is remembered
+        self.fixed = _layout.fixed_channel_dim(module)
 
 
 class Recorder:
@@ -209,7 +236,11 @@ class Recorder:
         self._keep_samples = keep_samples
         self._calls: dict[str, int] = {}
         self._overrides: dict[str, Any] = {}  # channel_dim= per record name
-        self._pending: list[_Pending] = []
+        self._thr: dict[str, tuple[float, float, bool]] = {}  # the exact kernel's bound arguments
+        # what this forward's calls contributed, committed when it returns: (record, block,
+        # shape, dtype, samples, rendering sample)
+        self._pending: list[tuple[LayerCapture, Any, torch.Size, torch.dtype, int, Any]] = []
+        self._entries: dict[nn.Module, _Entry] = {}
         self._new: list[str] = []
         self._tags = _layout.Tags()
         with _quiet():
@@ -234,30 +265,43 @@ class Recorder:
 
     # hooks ---------------------------------------------------------------------------
     def attach(self, root: nn.Module, selected: Mapping[str, nn.Module]) -> None:
-        """Hook ``root`` and its modules; all or nothing (a failure removes what was added)."""
+        """Hook ``root`` and its modules; all or nothing (a failure removes what was added).
+
+        Two hooks common to all modules (``torch.nn.modules.module.register_module_forward_*``)
+        see every module call and look the module up in a table of this model's modules, built
+        here in one walk: registering and removing three hooks per module cost more than the
+        forward pass of a small model (mobilenet_v3_small at 64 x 64: 560 hooks, 3 ms). Modules
+        of other models miss the table and return at once. Only the root keeps hooks of its own,
+        which start and end the forward pass's transaction (with the call's keyword arguments,
+        which common hooks are not given)."""
         self._root = weakref.ref(root)
         self.model_name = type(root).__name__
         try:
-            self._handles.append(
-                root.register_forward_pre_hook(self._start, with_kwargs=True, prepend=True)
-            )
+            entries: dict[nn.Module, _Entry] = {}
             modules = list(root.named_modules())
             if self.ops:
                 self.module_names = dict.fromkeys(n for n, _ in modules)
             for name, module in modules:
                 leaf = next(module.children(), None) is None
-                if self.ops:
-                    self._attach_frame(name, module, leaf)
-                if name in selected or (leaf and module is not root):
-                    hook = self._make_hook(name, record=name in selected)
-                    self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+                record = name in selected
+                hooked = record or (leaf and module is not root)
+                if hooked or self.ops:
+                    entries[module] = _Entry(name, module, leaf, record, hooked, self.ops)
+            self._entries = entries
+            self._handles.append(
+                root.register_forward_pre_hook(self._start, with_kwargs=True, prepend=True)
+            )
+            if self.ops:
+                self._handles.append(_module_hooks.register_module_forward_pre_hook(self._make_pre()))
+            self._handles.append(_module_hooks.register_module_forward_hook(self._make_post(), always_call=True))
             self._handles.append(root.register_forward_hook(self._finish, always_call=True))
         except BaseException:
             self.detach()
             raise
 
-    def _attach_frame(self, name: str, module: nn.Module, leaf: bool) -> None:
-        """Hooks that keep the stack of running modules, to which operations are attributed.
+    def _make_pre(self) -> Callable[[nn.Module, Any], None]:
+        """The common pre-hook (ops on): keeps the stack of running modules, to which operations
+        are attributed.
 
         Operations inside leaf modules (the ``conv2d`` of ``nn.Conv2d``) are not recorded, and
         inside torch's fused attention and transformer modules none are: there the mode is
@@ -265,36 +309,75 @@ class Recorder:
         paths, which would change their output; in leaves because every call the mode sees costs
         a Python round trip (about 3 us: mobilenet_v3_small makes 176 of its 191 torch calls per
         forward inside leaves), and taking the mode off and putting it back costs less."""
-        frame = (f"{name}." if name else "", not leaf)
+        entries = self._entries
         frames = self._frames
-        if leaf or isinstance(module, _FUSED):
-            frame = (f"{name}.", False)
 
-            def pre(m: nn.Module, args: Any) -> None:
-                frames.append(frame)
-                if self._mode_on and self._mode is not None:
-                    self._mode_on = False
-                    _ops.remove(self._mode)
-                    frames.append(_PAUSED)
+        def pre(module: nn.Module, args: Any) -> None:
+            e = entries.get(module)
+            if e is None or not self._depth:
+                return  # another model's module, or the root before its forward starts (_start)
+            frames.append(e.frame)
+            if e.pauses and self._mode_on and self._mode is not None:
+                self._mode_on = False
+                _ops.remove(self._mode)
+                frames.append(_PAUSED)
 
-            def post(m: nn.Module, args: Any, out: Any) -> None:
-                if frames and frames[-1] is _PAUSED:
+        return pre
+
+    def _make_post(self) -> Callable[[nn.Module, Any, Any], None]:
+        """The common forward hook: records a selected module's output, remembers a leaf's
+        channel axis, and (ops on) takes the module off the stack of running modules, putting
+        the mode back after a leaf."""
+        entries = self._entries
+        frames = self._frames
+        calls = self._calls
+        tags = self._tags
+        quiet = _quiet if self.ops else contextlib.nullcontext
+
+        def post(module: nn.Module, args: Any, out: Any) -> None:
+            e = entries.get(module)
+            if e is None:
+                return
+            resume = False
+            if frames:
+                if frames[-1] is _PAUSED:
                     frames.pop()
-                    if self._mode is not None and self._depth:
-                        _ops.push(self._mode)
-                        self._mode_on = True
-                if frames and frames[-1] is frame:
+                    resume = True
+                if frames and frames[-1] is e.frame:
                     frames.pop()
-        else:
-            def pre(m: nn.Module, args: Any) -> None:
-                frames.append(frame)
+            try:
+                if not e.hooked:
+                    return
+                with quiet():
+                    if e.record:
+                        name = e.name
+                        k = calls.get(name, 0) + 1
+                        calls[name] = k
+                        base = name if k == 1 else f"{name}:{k}"
+                        if isinstance(out, torch.Tensor):
+                            self._record(base, module, name, k, "", out, args, e)
+                        else:
+                            for key, t in _flatten(out):
+                                self._record(base + key, module, name, k, key, t, args, e)
+                    elif isinstance(out, torch.Tensor):
+                        tags.set(out, self._module_cdim(e, module, args, out))
+                if not self._depth:
+                    self._commit()  # a submodule called on its own, outside a forward of the model
+            finally:
+                if resume and self._mode is not None and self._depth:
+                    _ops.push(self._mode)
+                    self._mode_on = True
 
-            def post(m: nn.Module, args: Any, out: Any) -> None:
-                if frames and frames[-1] is frame:
-                    frames.pop()
+        return post
 
-        self._handles.append(module.register_forward_pre_hook(pre))
-        self._handles.append(module.register_forward_hook(post, always_call=True))
+    def _module_cdim(self, e: _Entry, module: nn.Module, args: tuple[Any, ...], t: torch.Tensor) -> int | None:
+        fixed = e.fixed
+        if fixed is None:
+            return _layout.channel_dim(module, args, t, self._tags)
+        ndim = t.ndim
+        if ndim < 2:
+            return None
+        return 1 if fixed == _layout.FIRST else ndim - 1
 
     def _mode_off(self) -> None:
         if self._mode_on and self._mode is not None:
@@ -308,6 +391,7 @@ class Recorder:
         self._mode_off()
         while self._handles:
             self._handles.pop().remove()
+        self._entries = {}
         self._tags.clear()
         if self._depth:
             self._abort()
@@ -325,8 +409,14 @@ class Recorder:
         self._tags.clear()
         if self._mode is not None:
             self._frames.clear()
-            _ops.push(self._mode)
-            self._mode_on = True
+            root = self._entries.get(module)
+            if root is not None:
+                self._frames.append(root.frame)
+            if root is not None and root.pauses:  # a leaf or fused model: the mode stays off
+                self._frames.append(_PAUSED)
+            else:
+                _ops.push(self._mode)
+                self._mode_on = True
 
     def _finish(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._depth == 0:
@@ -358,33 +448,6 @@ class Recorder:
         self._new.clear()
         self._calls.clear()
         self._tags.clear()
-
-    def _make_hook(self, name: str, record: bool) -> Callable[..., None]:
-        # With ops on, featcheck's own torch calls must be seen by no mode (neither its own nor
-        # the user's): torch functions are disabled while a hook works. No torch.no_grad() (2 us
-        # a call): everything a hook computes starts from a detached output.
-        quiet = _quiet if self.ops else contextlib.nullcontext
-        calls = self._calls
-        tags = self._tags
-
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-            with quiet():
-                if not record:
-                    if isinstance(out, torch.Tensor):
-                        tags.set(out, _layout.channel_dim(module, args, out, tags))
-                    return
-                k = calls.get(name, 0) + 1
-                calls[name] = k
-                base = name if k == 1 else f"{name}:{k}"
-                if isinstance(out, torch.Tensor):
-                    self._record(base, module, name, k, "", out, args)
-                else:
-                    for key, t in _flatten(out):
-                        self._record(base + key, module, name, k, key, t, args)
-            if not self._depth:
-                self._commit()  # a submodule called on its own, outside a forward of the model
-
-        return hook
 
     def _bounds_for(self, rname: str, mname: str, module: nn.Module | str) -> tuple[float, float] | None:
         for pat, b in self._bounds.items():
@@ -443,18 +506,19 @@ class Recorder:
         key: str,
         t: torch.Tensor,
         args: tuple[Any, ...] = (),
+        entry: _Entry | None = None,
         auto_cdim: int | None = None,
     ) -> None:
-        """Reduce one output. ``module`` is the module, or for an operation its name (``add``),
-        whose channel axis the caller decided (``auto_cdim``); ``args`` are the module's or the
-        operation's arguments."""
+        """Reduce one output. ``module`` is the module (with its ``entry``), or for an operation
+        its name (``add``), whose channel axis the caller decided (``auto_cdim``); ``args`` are
+        the module's or the operation's arguments."""
         rec = self.records.get(rname)
         try:
             cdim = self._overrides.get(rname, _UNSET)
             if cdim is _UNSET:  # the user's channel_dim= depends on names only: asked once
                 cdim = self._overrides[rname] = self._override(rname, mname)
             if cdim is None:
-                cdim = auto_cdim if isinstance(module, str) else _layout.channel_dim(module, args, t, self._tags)
+                cdim = auto_cdim if entry is None else self._module_cdim(entry, module, args, t)  # type: ignore[arg-type]
             else:
                 try:
                     cdim = _layout._normalise(cdim, t.ndim)
@@ -462,7 +526,8 @@ class Recorder:
                     self.errors.append(ValueError(f"layer {rname!r}: {e}"))
                     return
             self._tags.set(t, cdim)
-            channels = 1 if cdim is None else t.shape[cdim]
+            shape = t.shape
+            channels = 1 if cdim is None else shape[cdim]
             if rec is None:
                 rec = LayerCapture(
                     rname, module, mname, call, key, cdim, channels,
@@ -477,23 +542,32 @@ class Recorder:
                     "be merged across layouts (use separate captures)"
                 ))
                 return
+            block = None
+            sample: Any = None
             # the usual output (a dense float32 CPU tensor) skips the checks of what cannot be reduced
             plain = t.dtype is torch.float32 and t.is_cpu and t.layout is torch.strided
             why = "" if plain else _unsupported(t)
-            block = None
-            sample = None
             if why:
                 _note(rec, why)
             elif self._on_output is not None:
                 self._on_output(rec, t, args)
+            elif plain and _KERNEL is not None and 0 < t.numel() <= _stats._SMALL and t.is_contiguous() and not t.is_nested:
+                # the usual small map: straight to the exact kernel, without the torch calls of
+                # _stats.reduce and _sample (a hook's cost is mostly Python, not values)
+                thr = self._thr.get(rname)
+                if thr is None:
+                    thr = self._thr[rname] = _stats._thresholds(rec.bounds, self._tol)
+                block = rec._acc.buffer()
+                address = t.data_ptr()
+                _KERNEL(address, shape, -1 if cdim is None else cdim, block, *thr)
+                if rec.sample is None and self._keep_samples:
+                    sample = _first_sample(t, address, shape, cdim)
             else:
                 x = t.detach()
                 block = _stats.reduce(x, cdim, rec.bounds, self._tol, self._scratch)
                 if rec.sample is None and self._keep_samples and x.numel():
                     sample = _sample(x, cdim)
-            shape = t.shape
-            samples = shape[0] if t.ndim >= 1 and cdim != 0 else 1
-            self._pending.append(_Pending(rec, block, shape, t.dtype, samples, sample))
+            self._pending.append((rec, block, shape, t.dtype, shape[0] if len(shape) and cdim != 0 else 1, sample))
             if self.grads is not None:
                 self.grads.hook(rec, t, cdim)
         except Exception as e:  # never break the user's forward for a picture or a statistic
@@ -505,30 +579,31 @@ class Recorder:
         """Apply what this forward's calls contributed: one host transfer per device."""
         pending, self._pending = self._pending, []
         self._new.clear()
-        on_device: dict[torch.device, list[_Pending]] = {}
-        for p in pending:
-            if isinstance(p.block, torch.Tensor):
-                if p.block.device.type == "cpu":
-                    p.block = p.block.numpy()
+        on_device: dict[torch.device, list[int]] = {}
+        for i, p in enumerate(pending):
+            block = p[1]
+            if isinstance(block, torch.Tensor):
+                if block.device.type == "cpu":
+                    pending[i] = (p[0], block.numpy(), *p[2:])
                 else:
-                    on_device.setdefault(p.block.device, []).append(p)
+                    on_device.setdefault(block.device, []).append(i)
         for group in on_device.values():
-            blocks = [torch.as_tensor(p.block) for p in group]
+            blocks = [torch.as_tensor(pending[i][1]) for i in group]
             flat = torch.cat([b.reshape(-1) for b in blocks]).cpu().numpy()
             pos = 0
-            for p, b in zip(group, blocks):
-                p.block = flat[pos : pos + b.numel()].reshape(b.shape)
+            for i, b in zip(group, blocks):
+                p = pending[i]
+                pending[i] = (p[0], flat[pos : pos + b.numel()].reshape(b.shape), *p[2:])
                 pos += b.numel()
         input_size = self._input_size
-        for p in pending:
-            rec = p.rec
-            if isinstance(p.block, np.ndarray):
-                rec._add(p.block)
-            rec.samples += p.samples
+        for rec, block, shape, dtype, samples, sample in pending:
+            if block is not None:
+                rec._add(block)
+            rec.samples += samples
             rec.forwards += 1
-            dtype = str(p.dtype)
-            if rec.shape != p.shape or rec.dtype != dtype or rec.input_size != input_size:
-                rec.shape = tuple(p.shape)  # and what follows from it: the same in most forwards
+            dtype = str(dtype)
+            if rec.shape != shape or rec.dtype != dtype or rec.input_size != input_size:
+                rec.shape = tuple(shape)  # and what follows from it: the same in most forwards
                 rec.dtype = dtype
                 rec.input_size = input_size
                 spatial = rec.spatial
@@ -536,8 +611,9 @@ class Recorder:
                     rec.stride = tuple((i / o) if o else math.inf for i, o in zip(input_size, spatial))
                 else:
                     rec.stride = None
-            if rec.sample is None and p.sample is not None:
-                rec.sample, rec.sample_step = p.sample
+            if sample is not None and rec.sample is None:
+                values, rec.sample_step = sample
+                rec.sample = torch.from_numpy(values) if isinstance(values, np.ndarray) else values
 
     def finalize(self) -> None:
         """The inspection is over: read what needs the model (parameter counts) while it lives,

@@ -295,8 +295,13 @@ def test_finite_data_of_any_dtype_and_magnitude_gives_finite_correct_statistics(
     assert_close_at_scale(acc.stats(), reference_exact(x, 1), rtol)
 
 
+@pytest.mark.parametrize("merge", ["C", "numpy"])
 @pytest.mark.parametrize("case", ["float32 mixed", "float64 large", "int64"])
-def test_extremes_survive_accumulation_over_calls(case: str) -> None:
+def test_extremes_survive_accumulation_over_calls(case: str, merge: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if merge == "numpy":
+        monkeypatch.setattr(_stats, "_chanmerge", None)
+    else:
+        assert _stats._chanmerge is not None, "the C kernel was not built"
     dtype, scales, offsets, rtol = EXTREMES[case]
     x = channels_at(dtype, scales, offsets)
     acc = _stats.Accumulator(x.shape[1])
@@ -381,3 +386,27 @@ def test_tiny_values_whose_squares_vanish_in_float32_keep_their_std(
     acc = _stats.Accumulator(4)
     acc.add(np.asarray(_stats.reduce(x, 1)))
     assert_close_at_scale(acc.stats(), reference_exact(x, 1), 1e-6)
+
+
+def test_the_c_merge_gives_the_numpy_merge_and_hands_its_block_back_for_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = awkward((8, 6, 5, 5), 1)
+    x[0, 2] = 0.0  # a channel whose first call is all zeros
+    parts = [x[i : i + 2] for i in range(0, 8, 2)]
+    by_c = _stats.Accumulator(6)
+    for i, part in enumerate(parts):
+        block = by_c.buffer()
+        if i == 1:  # the first block is the total: never handed out
+            assert block is not previous
+        elif i > 1:  # the block merged last: its values are in the total already
+            assert block is previous
+        block[...] = np.asarray(_stats.reduce(part, 1))
+        by_c.add(block)
+        previous = block
+    monkeypatch.setattr(_stats, "_chanmerge", None)
+    by_numpy = _stats.Accumulator(6)
+    for part in parts:
+        by_numpy.add(np.asarray(_stats.reduce(part, 1)))
+    got, want = by_c.stats(), by_numpy.stats()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-14, atol=0, err_msg=k)
+    assert_matches(got, reference(x, 1))
