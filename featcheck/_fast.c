@@ -250,8 +250,7 @@ static int exact_channel_avx2(const float *p, Py_ssize_t rows, Py_ssize_t stride
  * per vector (a 4 x 4 transpose), in exact_channel_avx2's order: the same results, without its
  * scalar loop over lanes, which took most of the time on rows of 8-32 values. Fills f's entries
  * j..j+3. Same conditions as exact_lanes_avx2. */
-__attribute__((target("avx2,fma")))
-static void exact_quad_avx2(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c,
+FC_AVX2_INLINE void exact_quad_avx2(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c,
                             exact_first *f, Py_ssize_t j, float tl, float th, int bounded) {
     lanes8_out o[4];
     exact_acc t[4];
@@ -314,8 +313,7 @@ static void exact_quad_avx2(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_s
  * a time would spend its time on bookkeeping, not values): lane j reads channel c0 + j's values,
  * B floats apart, with a gather (B == 1: one plain load; B == 4: four loads and a transpose). The
  * values of a lane are added in the same order either way. Fills f's entries j0..j0+7. */
-__attribute__((target("avx2,fma")))
-static void exact_group_avx2(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c0,
+FC_AVX2_INLINE void exact_group_avx2(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c0,
                              exact_first *f, Py_ssize_t j0, float tl, float th, int bounded) {
     const __m256 vtl = _mm256_set1_ps(tl), vth = _mm256_set1_ps(th);
     const __m256i lanes = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)b_n));
@@ -468,11 +466,10 @@ static void exact_finish_one(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_
 #ifdef FC_X86
 /* Channels j..j+3 of a block (c = c0 + j..) finished in one vector each, the same arithmetic as
  * exact_finish for channels whose sums are finite and whose variance is well-conditioned or zero
- * (constant). Rows are written four channels per store. Returns the mask of the other channels,
+ * (constant): rows 0-4 of out (n, mean, sd, min, max), four channels per store. Returns the mask of the other channels,
  * which the caller redoes with exact_finish_one (outside this function: scalar code called from
  * AVX code, with the vector registers' upper halves in use, ran 30x slower). */
-__attribute__((target("avx2,fma")))
-static int exact_finish4_avx2(Py_ssize_t c_n, Py_ssize_t c0, const exact_first *f, Py_ssize_t j, double *o,
+FC_AVX2_INLINE int exact_finish4_avx2(Py_ssize_t c_n, Py_ssize_t c0, const exact_first *f, Py_ssize_t j, double *o,
                               double total, double inv_total) {
     const __m256d n = _mm256_set1_pd(total), inv = _mm256_set1_pd(inv_total), zero = _mm256_setzero_pd();
     const __m256d inf = _mm256_set1_pd(INFINITY), absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffLL));
@@ -496,11 +493,45 @@ static int exact_finish4_avx2(Py_ssize_t c_n, Py_ssize_t c0, const exact_first *
     _mm256_storeu_pd(p + 2 * c_n, sd);
     _mm256_storeu_pd(p + 3 * c_n, mn);
     _mm256_storeu_pd(p + 4 * c_n, mx);
-    _mm256_storeu_pd(p + 5 * c_n, _mm256_loadu_pd(f->z + j));
-    _mm256_storeu_pd(p + 6 * c_n, zero);  /* total - n, n = total */
-    _mm256_storeu_pd(p + 7 * c_n, _mm256_loadu_pd(f->lo + j));
-    _mm256_storeu_pd(p + 8 * c_n, _mm256_loadu_pd(f->hi + j));
     return ~easy & 0xF;
+}
+
+/* The first pass of channels c0..c0+m-1 into f as far as the AVX2 loops take it (eight channels
+ * at a time for rows under 8 values, four otherwise); returns how many channels they did. The
+ * loops are here rather than in the caller: calls between AVX2 and plain functions are not
+ * inlined, and each clears the vector registers' upper halves. */
+__attribute__((target("avx2,fma")))
+static Py_ssize_t exact_first_avx2(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c0,
+                                   Py_ssize_t m, exact_first *f, float tl, float th, int bounded) {
+    double total = (double)a_n * (double)b_n;
+    Py_ssize_t j = 0;
+    if (b_n < 8 && total < 0x1p31)
+        for (; j + 8 <= m; j += 8) exact_group_avx2(x, a_n, c_n, b_n, c0 + j, f, j, tl, th, bounded);
+    else if (b_n >= 8 && total < 0x1p33)
+        for (; j + 4 <= m; j += 4) exact_quad_avx2(x, a_n, c_n, b_n, c0 + j, f, j, tl, th, bounded);
+    return j;
+}
+
+/* Channels 0..m-1 of a block (m a multiple of 4) finished by exact_finish4_avx2 and written to
+ * out: rows 0-4 first, then rows 5-8 (zeros, non-finite count 0, bound counts). Out's rows lie C
+ * doubles apart, often a multiple of 4 KiB: then all nine map to the same set of the L1 cache,
+ * which holds eight lines, and stores to the nine at once evicted each other (C = 512, 1024 and
+ * 2048 took 2-3x as long as their neighbours). Returns the mask of channels left to
+ * exact_finish_one, which rewrites all nine rows. */
+__attribute__((target("avx2,fma")))
+static uint64_t exact_finish_avx2(Py_ssize_t c_n, Py_ssize_t c0, const exact_first *f, Py_ssize_t m, double *o,
+                                  double total, double inv_total) {
+    uint64_t redo = 0;
+    for (Py_ssize_t j = 0; j < m; j += 4)
+        redo |= (uint64_t)exact_finish4_avx2(c_n, c0, f, j, o, total, inv_total) << j;
+    double *p = o + 5 * c_n + c0;
+    for (Py_ssize_t j = 0; j < m; j += 4) {
+        _mm256_storeu_pd(p + j, _mm256_loadu_pd(f->z + j));
+        _mm256_storeu_pd(p + c_n + j, _mm256_setzero_pd());  /* total - n, n = total */
+        _mm256_storeu_pd(p + 2 * c_n + j, _mm256_loadu_pd(f->lo + j));
+        _mm256_storeu_pd(p + 3 * c_n + j, _mm256_loadu_pd(f->hi + j));
+    }
+    return redo;
 }
 #endif
 
@@ -510,12 +541,7 @@ static void exact_block(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize
     exact_first f;
     Py_ssize_t j = 0;
 #ifdef FC_X86
-    if (exact_wide && b_n < 8 && total < 0x1p31)
-        for (; j + 8 <= m; j += 8)
-            exact_group_avx2(x, a_n, c_n, b_n, c0 + j, &f, j, tl, th, bounded);
-    if (exact_wide && b_n >= 8 && total < 0x1p33)
-        for (; j + 4 <= m; j += 4)
-            exact_quad_avx2(x, a_n, c_n, b_n, c0 + j, &f, j, tl, th, bounded);
+    if (exact_wide) j = exact_first_avx2(x, a_n, c_n, b_n, c0, m, &f, tl, th, bounded);
 #endif
     for (; j < m; j++) {  /* channel by channel: per-row bookkeeping would cost more than small rows' values */
         exact_acc st;
@@ -523,14 +549,17 @@ static void exact_block(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize
         f.s[j] = st.s; f.q[j] = st.q; f.z[j] = st.z; f.lo[j] = st.lo; f.hi[j] = st.hi;
         f.mn[j] = st.mn; f.mx[j] = st.mx;
     }
-    j = 0;
+    Py_ssize_t vec = 0;
+    uint64_t redo = 0;
 #ifdef FC_X86
-    if (exact_wide)
-        for (; j + 4 <= m; j += 4)
-            for (int redo = exact_finish4_avx2(c_n, c0, &f, j, o, total, inv_total), k = 0; redo >> k; k++)
-                if (redo >> k & 1) exact_finish_one(x, a_n, c_n, b_n, c0 + j + k, &f, j + k, o, total, inv_total);
+    if (exact_wide) {
+        vec = m & ~(Py_ssize_t)3;
+        redo = exact_finish_avx2(c_n, c0, &f, vec, o, total, inv_total);
+    }
 #endif
-    for (; j < m; j++) exact_finish_one(x, a_n, c_n, b_n, c0 + j, &f, j, o, total, inv_total);
+    for (j = 0; redo != 0 && j < vec; j++)
+        if (redo >> j & 1) exact_finish_one(x, a_n, c_n, b_n, c0 + j, &f, j, o, total, inv_total);
+    for (j = vec; j < m; j++) exact_finish_one(x, a_n, c_n, b_n, c0 + j, &f, j, o, total, inv_total);
 }
 
 /* Maps of fewer values are reduced without releasing the GIL: releasing and taking it back costs
