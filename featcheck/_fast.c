@@ -16,7 +16,8 @@
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
-#if defined(__GNUC__) && defined(__x86_64__)
+/* -DFC_PORTABLE builds the plain C paths only, as on other processors (to test them on x86) */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(FC_PORTABLE)
 #include <immintrin.h>
 #define FC_X86 1
 #endif
