@@ -16,7 +16,8 @@
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
-#if defined(__GNUC__) && defined(__x86_64__)
+/* -DFC_PORTABLE builds the plain C paths only, as on other processors (to test them on x86) */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(FC_PORTABLE)
 #include <immintrin.h>
 #define FC_X86 1
 #endif
@@ -146,6 +147,14 @@ static PyObject *chanstats(PyObject *self, PyObject *args) {
  * thresholds lo and hi (as torch compares a float32 tensor with a number); NaN counts at neither. */
 typedef struct { double n, s, q, z, lo, hi, d, mean, sd; float mn, mx; } exact_acc;
 
+/* First-pass results of a block of up to EXACT_BLOCK consecutive channels, one array per
+ * statistic, on the stack: the finishing pass then reads four channels per vector, and no
+ * accumulators are allocated per call (a malloc and its initialisation cost as much as reducing
+ * a small map). */
+#define EXACT_BLOCK 64
+typedef struct { double s[EXACT_BLOCK], q[EXACT_BLOCK], z[EXACT_BLOCK], lo[EXACT_BLOCK], hi[EXACT_BLOCK];
+                 float mn[EXACT_BLOCK], mx[EXACT_BLOCK]; } exact_first;
+
 /* One channel's first pass: rows a = 0..A-1 of B values, at p + a * stride. */
 #ifdef FC_X86
 /* Eight lanes of first-pass accumulators: float32 min and max, double sums of values and squares
@@ -185,12 +194,11 @@ FC_AVX2_INLINE void lanes8_store(const lanes8 *l, lanes8_out *o) {
     _mm256_storeu_si256((__m256i *)o->hi, l->ch);
 }
 
-/* One channel, 8 values at a time, the lanes kept across the channel's rows. Returns 0 when it
- * did nothing (rows of fewer than 8 values or a channel too long for the lane counts). */
-__attribute__((target("avx2,fma")))
-static int exact_channel_avx2(const float *p, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t length,
-                              exact_acc *st, float tl, float th, int bounded) {
-    if (length < 8 || (double)rows * (double)length >= 0x1p33) return 0;
+/* One channel, 8 values at a time, the lanes kept across the channel's rows: the lanes into o,
+ * the sums and counts of the rows' tails (fewer than 8 values each) into t's s, q, mn, mx, z,
+ * lo, hi. Needs rows of at least 8 values and fewer than 2^33 values in all (the lane counts). */
+FC_AVX2_INLINE void exact_lanes_avx2(const float *p, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t length,
+                                     lanes8_out *o, exact_acc *t, float tl, float th, int bounded) {
     const __m256 vtl = _mm256_set1_ps(tl), vth = _mm256_set1_ps(th);
     lanes8 l;
     lanes8_init(&l);
@@ -210,42 +218,137 @@ static int exact_channel_avx2(const float *p, Py_ssize_t rows, Py_ssize_t stride
             if (bounded) { tcl += (v <= tl); tch += (v >= th); }
         }
     }
+    lanes8_store(&l, o);
+    t->s = ts; t->q = tq; t->mn = tmn; t->mx = tmx;
+    t->z = (double)tz; t->lo = (double)tcl; t->hi = (double)tch;
+}
+
+/* One channel, its lanes then added up. Returns 0 when it did nothing (rows of fewer than 8
+ * values or a channel too long for the lane counts). */
+__attribute__((target("avx2,fma")))
+static int exact_channel_avx2(const float *p, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t length,
+                              exact_acc *st, float tl, float th, int bounded) {
+    if (length < 8 || (double)rows * (double)length >= 0x1p33) return 0;
     lanes8_out o;
-    lanes8_store(&l, &o);
+    exact_acc t;
+    exact_lanes_avx2(p, rows, stride, length, &o, &t, tl, th, bounded);
+    double ts = t.s, tq = t.q, tz = t.z, tcl = t.lo, tch = t.hi;
+    float tmn = t.mn, tmx = t.mx;
     for (int k = 0; k < 8; k++) {
         /* a NaN leaves a lane's min or max undefined: the sums are NaN too, and the channel is
          * recomputed by the careful passes */
         ts += o.s[k]; tq += o.q[k];
         tmn = o.mn[k] < tmn ? o.mn[k] : tmn;
         tmx = o.mx[k] > tmx ? o.mx[k] : tmx;
-        tz += o.z[k]; tcl += o.lo[k]; tch += o.hi[k];
+        tz += o.z[k]; tcl += o.lo[k]; tch += o.hi[k];  /* integers below 2^53: exact in double */
     }
     st->s = ts; st->q = tq; st->mn = tmn; st->mx = tmx;
-    st->z = (double)tz; st->lo = (double)tcl; st->hi = (double)tch;
+    st->z = tz; st->lo = tcl; st->hi = tch;
     return 1;
+}
+
+/* Four channels c..c+3 as exact_channel_avx2 does them, their lanes then added up four channels
+ * per vector (a 4 x 4 transpose), in exact_channel_avx2's order: the same results, without its
+ * scalar loop over lanes, which took most of the time on rows of 8-32 values. Fills f's entries
+ * j..j+3. Same conditions as exact_lanes_avx2. */
+FC_AVX2_INLINE void exact_quad_avx2(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c,
+                                    exact_first *f, Py_ssize_t j, float tl, float th, int bounded) {
+    lanes8_out o[4];
+    exact_acc t[4];
+    for (int i = 0; i < 4; i++)
+        exact_lanes_avx2(x + (c + i) * b_n, a_n, c_n * b_n, b_n, &o[i], &t[i], tl, th, bounded);
+    /* doubles: lanes 4h..4h+3 of the four channels, transposed so that vector k holds lane 4h+k */
+#define FC_SUM_LANES(field, dst) { \
+        __m256d acc = _mm256_setr_pd(t[0].field, t[1].field, t[2].field, t[3].field); \
+        for (int h = 0; h < 8; h += 4) { \
+            __m256d r0 = _mm256_loadu_pd(o[0].field + h), r1 = _mm256_loadu_pd(o[1].field + h); \
+            __m256d r2 = _mm256_loadu_pd(o[2].field + h), r3 = _mm256_loadu_pd(o[3].field + h); \
+            __m256d u0 = _mm256_unpacklo_pd(r0, r1), u1 = _mm256_unpackhi_pd(r0, r1); \
+            __m256d u2 = _mm256_unpacklo_pd(r2, r3), u3 = _mm256_unpackhi_pd(r2, r3); \
+            acc = _mm256_add_pd(acc, _mm256_permute2f128_pd(u0, u2, 0x20)); \
+            acc = _mm256_add_pd(acc, _mm256_permute2f128_pd(u1, u3, 0x20)); \
+            acc = _mm256_add_pd(acc, _mm256_permute2f128_pd(u0, u2, 0x31)); \
+            acc = _mm256_add_pd(acc, _mm256_permute2f128_pd(u1, u3, 0x31)); \
+        } \
+        _mm256_storeu_pd((dst) + j, acc); }
+    FC_SUM_LANES(s, f->s)
+    FC_SUM_LANES(q, f->q)
+#undef FC_SUM_LANES
+    /* 32-bit lanes: a 4 x 4 transpose in each half, so that v[k] holds lane k in its low half and
+     * lane k + 4 in its high half */
+#define FC_TRANSPOSE(field, v) { \
+        __m256 r0 = _mm256_loadu_ps((const float *)o[0].field), r1 = _mm256_loadu_ps((const float *)o[1].field); \
+        __m256 r2 = _mm256_loadu_ps((const float *)o[2].field), r3 = _mm256_loadu_ps((const float *)o[3].field); \
+        __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1); \
+        __m256 u2 = _mm256_unpacklo_ps(r2, r3), u3 = _mm256_unpackhi_ps(r2, r3); \
+        v[0] = _mm256_shuffle_ps(u0, u2, 0x44); v[1] = _mm256_shuffle_ps(u0, u2, 0xEE); \
+        v[2] = _mm256_shuffle_ps(u1, u3, 0x44); v[3] = _mm256_shuffle_ps(u1, u3, 0xEE); }
+    __m256 v[4];
+    /* min(a, b) is a < b ? a : b and max(a, b) a > b ? a : b, as in exact_channel_avx2, lane 0 first */
+#define FC_EXTREME(field, op, dst) { \
+        FC_TRANSPOSE(field, v) \
+        __m128 acc = _mm_setr_ps(t[0].field, t[1].field, t[2].field, t[3].field); \
+        for (int k = 0; k < 4; k++) acc = op(_mm256_castps256_ps128(v[k]), acc); \
+        for (int k = 0; k < 4; k++) acc = op(_mm256_extractf128_ps(v[k], 1), acc); \
+        _mm_storeu_ps((dst) + j, acc); }
+    FC_EXTREME(mn, _mm_min_ps, f->mn)
+    FC_EXTREME(mx, _mm_max_ps, f->mx)
+#undef FC_EXTREME
+#define FC_COUNT(field, dst) { \
+        FC_TRANSPOSE(field, v) \
+        __m256d acc = _mm256_setr_pd(t[0].field, t[1].field, t[2].field, t[3].field); \
+        for (int k = 0; k < 4; k++) { \
+            __m256i w = _mm256_castps_si256(v[k]); \
+            acc = _mm256_add_pd(acc, _mm256_cvtepi32_pd(_mm256_castsi256_si128(w))); \
+            acc = _mm256_add_pd(acc, _mm256_cvtepi32_pd(_mm256_extracti128_si256(w, 1))); \
+        } \
+        _mm256_storeu_pd((dst) + j, acc); }
+    FC_COUNT(z, f->z)
+    FC_COUNT(lo, f->lo)
+    FC_COUNT(hi, f->hi)
+#undef FC_COUNT
+#undef FC_TRANSPOSE
 }
 
 /* Eight channels c0..c0+7 at once, one per lane, for rows shorter than 8 values (where a channel at
  * a time would spend its time on bookkeeping, not values): lane j reads channel c0 + j's values,
- * B floats apart, with a gather (B == 1: one plain load). Fills acc[0..7]. */
-__attribute__((target("avx2,fma")))
-static void exact_group_avx2(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c0,
-                             exact_acc *acc, float tl, float th, int bounded) {
+ * B floats apart, with a gather (B == 1: one plain load; B == 4: four loads and a transpose). The
+ * values of a lane are added in the same order either way. Fills f's entries j0..j0+7. */
+FC_AVX2_INLINE void exact_group_avx2(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c0,
+                                     exact_first *f, Py_ssize_t j0, float tl, float th, int bounded) {
     const __m256 vtl = _mm256_set1_ps(tl), vth = _mm256_set1_ps(th);
     const __m256i lanes = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)b_n));
     lanes8 l;
     lanes8_init(&l);
     for (Py_ssize_t a = 0; a < a_n; a++) {
         const float *r = x + (a * c_n + c0) * b_n;
-        for (Py_ssize_t i = 0; i < b_n; i++)
-            lanes8_add(&l, b_n == 1 ? _mm256_loadu_ps(r) : _mm256_i32gather_ps(r + i, lanes, 4), vtl, vth, bounded);
+        if (b_n == 4) {  /* 32 contiguous values, transposed in registers: cheaper than four gathers */
+            __m256 r0 = _mm256_loadu_ps(r), r1 = _mm256_loadu_ps(r + 8);
+            __m256 r2 = _mm256_loadu_ps(r + 16), r3 = _mm256_loadu_ps(r + 24);
+            /* channels 0|4, 1|5, 2|6, 3|7 in the two halves, then a 4 x 4 transpose in each half */
+            __m256 p0 = _mm256_permute2f128_ps(r0, r2, 0x20), p1 = _mm256_permute2f128_ps(r0, r2, 0x31);
+            __m256 p2 = _mm256_permute2f128_ps(r1, r3, 0x20), p3 = _mm256_permute2f128_ps(r1, r3, 0x31);
+            __m256 t0 = _mm256_unpacklo_ps(p0, p1), t1 = _mm256_unpackhi_ps(p0, p1);
+            __m256 t2 = _mm256_unpacklo_ps(p2, p3), t3 = _mm256_unpackhi_ps(p2, p3);
+            lanes8_add(&l, _mm256_shuffle_ps(t0, t2, 0x44), vtl, vth, bounded);
+            lanes8_add(&l, _mm256_shuffle_ps(t0, t2, 0xEE), vtl, vth, bounded);
+            lanes8_add(&l, _mm256_shuffle_ps(t1, t3, 0x44), vtl, vth, bounded);
+            lanes8_add(&l, _mm256_shuffle_ps(t1, t3, 0xEE), vtl, vth, bounded);
+        } else {
+            for (Py_ssize_t i = 0; i < b_n; i++)
+                lanes8_add(&l, b_n == 1 ? _mm256_loadu_ps(r) : _mm256_i32gather_ps(r + i, lanes, 4), vtl, vth, bounded);
+        }
     }
-    lanes8_out o;
-    lanes8_store(&l, &o);
-    for (int j = 0; j < 8; j++) {
-        acc[j].s = o.s[j]; acc[j].q = o.q[j]; acc[j].mn = o.mn[j]; acc[j].mx = o.mx[j];
-        acc[j].z = o.z[j]; acc[j].lo = o.lo[j]; acc[j].hi = o.hi[j];
-    }
+    _mm256_storeu_pd(f->s + j0, l.s0); _mm256_storeu_pd(f->s + j0 + 4, l.s1);
+    _mm256_storeu_pd(f->q + j0, l.q0); _mm256_storeu_pd(f->q + j0 + 4, l.q1);
+    _mm256_storeu_ps(f->mn + j0, l.mn); _mm256_storeu_ps(f->mx + j0, l.mx);
+#define FC_COUNTS(dst, v) \
+    _mm256_storeu_pd((dst) + j0, _mm256_cvtepi32_pd(_mm256_castsi256_si128(v))); \
+    _mm256_storeu_pd((dst) + j0 + 4, _mm256_cvtepi32_pd(_mm256_extracti128_si256((v), 1)));
+    FC_COUNTS(f->z, l.z)
+    FC_COUNTS(f->lo, l.cl)
+    FC_COUNTS(f->hi, l.ch)
+#undef FC_COUNTS
 }
 #endif
 
@@ -304,6 +407,167 @@ static void deviation_row(const float *p, Py_ssize_t length, exact_acc *st, doub
     }
 }
 
+/* mean * mean kept apart from the subtraction that follows it: a compiler allowed to contract the
+ * two into one fused multiply-add (GCC does by default where FMA is enabled, as it is for the
+ * AVX2 functions) would round once instead of twice, and the vector and scalar finishing passes
+ * would disagree in the last bit. */
+#ifdef FC_X86
+#define FC_UNFUSED(v) __asm__("" : "+x"(v))
+#else
+#define FC_UNFUSED(v) ((void)0)
+#endif
+
+/* The second half of a channel's statistics, after its first pass filled st (n = A * B): the
+ * careful passes where the sums are not finite or the variance is ill-conditioned, the mean
+ * kept within [min, max], and the variance in st->sd. */
+static void exact_finish(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c,
+                         exact_acc *st, double inv_total) {
+    int finite = isfinite(st->s) && isfinite(st->q);
+    double mm, n = st->n, meansq = st->q * inv_total, mean = st->s * inv_total;
+    mm = mean * mean;
+    FC_UNFUSED(mm);
+    double var = meansq - mm;
+    if (!finite) {  /* count the finite values, then their sum, min and max */
+        st->n = 0.0; st->s = 0.0; st->mn = INFINITY; st->mx = -INFINITY;
+        for (Py_ssize_t a = 0; a < a_n; a++) finite_row(x + (a * c_n + c) * b_n, b_n, st);
+        n = st->n;
+        mean = n > 0 ? st->s / n : 0.0;
+    }
+    if (n > 0 && st->mn == st->mx) {
+        var = 0.0;
+    } else if (n > 0 && (!finite || !(var > n * 0x1p-33 * meansq))) {
+        st->d = 0.0; st->q = 0.0;
+        for (Py_ssize_t a = 0; a < a_n; a++) deviation_row(x + (a * c_n + c) * b_n, b_n, st, mean);
+        var = (st->q - st->d * st->d / n) / n;
+    }
+    if (n > 0) {
+        if (mean < st->mn) mean = st->mn;
+        if (mean > st->mx) mean = st->mx;
+    }
+    st->n = n;
+    st->mean = n > 0 ? mean : 0.0;
+    st->sd = n > 0 && var > 0 ? var : 0.0;
+}
+
+/* Column c of out (rows C doubles apart) from a finished channel, in the order of ROWS. */
+static void exact_put(double *o, Py_ssize_t c_n, Py_ssize_t c, const exact_acc *st, double total) {
+    o[c] = st->n; o[c_n + c] = st->mean; o[2 * c_n + c] = sqrt(st->sd);
+    o[3 * c_n + c] = st->mn; o[4 * c_n + c] = st->mx; o[5 * c_n + c] = st->z;
+    o[6 * c_n + c] = total - st->n; o[7 * c_n + c] = st->lo; o[8 * c_n + c] = st->hi;
+}
+
+/* Channel j of a block (channel c of x): finished one at a time and written to out. */
+static void exact_finish_one(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c,
+                             const exact_first *f, Py_ssize_t j, double *o, double total, double inv_total) {
+    exact_acc st = {total, f->s[j], f->q[j], f->z[j], f->lo[j], f->hi[j], 0.0, 0.0, 0.0, f->mn[j], f->mx[j]};
+    exact_finish(x, a_n, c_n, b_n, c, &st, inv_total);
+    exact_put(o, c_n, c, &st, total);
+}
+
+#ifdef FC_X86
+/* Channels j..j+3 of a block (c = c0 + j..) finished in one vector each, the same arithmetic as
+ * exact_finish for channels whose sums are finite and whose variance is well-conditioned or zero
+ * (constant): rows 0-4 of out (n, mean, sd, min, max), four channels per store. Returns the mask
+ * of the other channels, which the caller redoes with exact_finish_one, outside the AVX2
+ * functions (called from inside one, the plain function made a [2, 240, 1, 1] map of
+ * ill-conditioned channels ten times slower: 46 against 4.3 us). */
+FC_AVX2_INLINE int exact_finish4_avx2(Py_ssize_t c_n, Py_ssize_t c0, const exact_first *f, Py_ssize_t j, double *o,
+                                      double total, double inv_total) {
+    const __m256d n = _mm256_set1_pd(total), inv = _mm256_set1_pd(inv_total), zero = _mm256_setzero_pd();
+    const __m256d inf = _mm256_set1_pd(INFINITY), absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffLL));
+    __m256d s = _mm256_loadu_pd(f->s + j), q = _mm256_loadu_pd(f->q + j);
+    __m256d mn = _mm256_cvtps_pd(_mm_loadu_ps(f->mn + j)), mx = _mm256_cvtps_pd(_mm_loadu_ps(f->mx + j));
+    __m256d mean = _mm256_mul_pd(s, inv), meansq = _mm256_mul_pd(q, inv), mm = _mm256_mul_pd(mean, mean);
+    FC_UNFUSED(mm);
+    __m256d var = _mm256_sub_pd(meansq, mm);
+    __m256d finite = _mm256_and_pd(_mm256_cmp_pd(_mm256_and_pd(s, absmask), inf, _CMP_LT_OQ),
+                                   _mm256_cmp_pd(_mm256_and_pd(q, absmask), inf, _CMP_LT_OQ));
+    __m256d constant = _mm256_cmp_pd(mn, mx, _CMP_EQ_OQ);
+    __m256d good = _mm256_cmp_pd(var, _mm256_mul_pd(_mm256_mul_pd(n, _mm256_set1_pd(0x1p-33)), meansq), _CMP_GT_OQ);
+    int easy = _mm256_movemask_pd(_mm256_and_pd(finite, _mm256_or_pd(constant, good)));
+    var = _mm256_andnot_pd(constant, var);
+    /* max(mn, mean) is mn > mean ? mn : mean, as exact_finish's "if (mean < mn) mean = mn" */
+    mean = _mm256_min_pd(mx, _mm256_max_pd(mn, mean));
+    __m256d sd = _mm256_sqrt_pd(_mm256_and_pd(var, _mm256_cmp_pd(var, zero, _CMP_GT_OQ)));
+    double *p = o + c0 + j;
+    _mm256_storeu_pd(p, n);
+    _mm256_storeu_pd(p + c_n, mean);
+    _mm256_storeu_pd(p + 2 * c_n, sd);
+    _mm256_storeu_pd(p + 3 * c_n, mn);
+    _mm256_storeu_pd(p + 4 * c_n, mx);
+    return ~easy & 0xF;
+}
+
+/* The first pass of channels c0..c0+m-1 into f as far as the AVX2 loops take it (eight channels
+ * at a time for rows under 8 values, four otherwise); returns how many channels they did. The
+ * loops are here rather than in the caller: calls between AVX2 and plain functions are not
+ * inlined, and each clears the vector registers' upper halves. */
+__attribute__((target("avx2,fma")))
+static Py_ssize_t exact_first_avx2(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c0,
+                                   Py_ssize_t m, exact_first *f, float tl, float th, int bounded) {
+    double total = (double)a_n * (double)b_n;
+    Py_ssize_t j = 0;
+    if (b_n < 8 && total < 0x1p31)
+        for (; j + 8 <= m; j += 8) exact_group_avx2(x, a_n, c_n, b_n, c0 + j, f, j, tl, th, bounded);
+    else if (b_n >= 8 && total < 0x1p33)
+        for (; j + 4 <= m; j += 4) exact_quad_avx2(x, a_n, c_n, b_n, c0 + j, f, j, tl, th, bounded);
+    return j;
+}
+
+/* Channels 0..m-1 of a block (m a multiple of 4) finished by exact_finish4_avx2 and written to
+ * out: rows 0-4 first, then rows 5-8 (zeros, non-finite count 0, bound counts). Out's rows lie C
+ * doubles apart, often a multiple of 4 KiB: then all nine map to the same set of the L1 cache,
+ * which holds eight lines, and stores to the nine at once evicted each other (C = 512, 1024 and
+ * 2048 took 2-3x as long as their neighbours). Returns the mask of channels left to
+ * exact_finish_one, which rewrites all nine rows. */
+__attribute__((target("avx2,fma")))
+static uint64_t exact_finish_avx2(Py_ssize_t c_n, Py_ssize_t c0, const exact_first *f, Py_ssize_t m, double *o,
+                                  double total, double inv_total) {
+    uint64_t redo = 0;
+    for (Py_ssize_t j = 0; j < m; j += 4)
+        redo |= (uint64_t)exact_finish4_avx2(c_n, c0, f, j, o, total, inv_total) << j;
+    double *p = o + 5 * c_n + c0;
+    for (Py_ssize_t j = 0; j < m; j += 4) {
+        _mm256_storeu_pd(p + j, _mm256_loadu_pd(f->z + j));
+        _mm256_storeu_pd(p + c_n + j, _mm256_setzero_pd());  /* total - n, n = total */
+        _mm256_storeu_pd(p + 2 * c_n + j, _mm256_loadu_pd(f->lo + j));
+        _mm256_storeu_pd(p + 3 * c_n + j, _mm256_loadu_pd(f->hi + j));
+    }
+    return redo;
+}
+#endif
+
+/* Channels c0..c0+m-1 of x (m <= EXACT_BLOCK): first pass into a block, then finished. */
+static void exact_block(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c0,
+                        Py_ssize_t m, double *o, float tl, float th, int bounded, double total, double inv_total) {
+    exact_first f;
+    Py_ssize_t j = 0;
+#ifdef FC_X86
+    if (exact_wide) j = exact_first_avx2(x, a_n, c_n, b_n, c0, m, &f, tl, th, bounded);
+#endif
+    for (; j < m; j++) {  /* channel by channel: per-row bookkeeping would cost more than small rows' values */
+        exact_acc st;
+        exact_channel(x + (c0 + j) * b_n, a_n, c_n * b_n, b_n, &st, tl, th, bounded);
+        f.s[j] = st.s; f.q[j] = st.q; f.z[j] = st.z; f.lo[j] = st.lo; f.hi[j] = st.hi;
+        f.mn[j] = st.mn; f.mx[j] = st.mx;
+    }
+    Py_ssize_t vec = 0;
+    uint64_t redo = 0;
+#ifdef FC_X86
+    if (exact_wide) {
+        vec = m & ~(Py_ssize_t)3;
+        redo = exact_finish_avx2(c_n, c0, &f, vec, o, total, inv_total);
+    }
+#endif
+    for (j = 0; redo != 0 && j < vec; j++)
+        if (redo >> j & 1) exact_finish_one(x, a_n, c_n, b_n, c0 + j, &f, j, o, total, inv_total);
+    for (j = vec; j < m; j++) exact_finish_one(x, a_n, c_n, b_n, c0 + j, &f, j, o, total, inv_total);
+}
+
+/* Maps of fewer values are reduced without releasing the GIL (larger ones release it): releasing
+ * and taking it back costs more than the work it would let other threads overlap. */
+#define EXACT_NOGIL (1 << 16)
+
 /* The block of channels of x (see chanexact); data is the buffer x lies in (NULL when the caller
  * vouches for an address), released here with out and idx. */
 static PyObject *exact_core(const float *x, Py_buffer *data, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n,
@@ -322,13 +586,12 @@ static PyObject *exact_core(const float *x, Py_buffer *data, Py_ssize_t a_n, Py_
               out.len < 9 * c_n * (Py_ssize_t)sizeof(double);
     for (Py_ssize_t k = 0; !bad && k < (have_idx ? k_n : 0); k++)
         bad = ix[k] < 0 || ix[k] >= c_n;
-    exact_acc *acc = bad ? NULL : PyMem_RawMalloc((size_t)(k_n + 1) * sizeof(exact_acc));
-    if (acc == NULL) {
+    if (bad) {
         if (data) PyBuffer_Release(data);
         PyBuffer_Release(&out);
         if (have_idx) PyBuffer_Release(&idx);
-        if (bad) { PyErr_SetString(PyExc_ValueError, "chanexact: buffer sizes or indices do not match A, C, B"); return NULL; }
-        return PyErr_NoMemory();
+        PyErr_SetString(PyExc_ValueError, "chanexact: buffer sizes or indices do not match A, C, B");
+        return NULL;
     }
     double *o = (double *)out.buf;
     float tl = (float)lo, th = (float)hi;
@@ -338,61 +601,21 @@ static PyObject *exact_core(const float *x, Py_buffer *data, Py_ssize_t a_n, Py_
 #else
     exact_wide = 0;
 #endif
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t k = 0; k < k_n; k++)
-        acc[k] = (exact_acc){total, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, INFINITY, -INFINITY};
-    Py_ssize_t grouped = 0;  /* channels already reduced eight at a time */
-#ifdef FC_X86
-    if (exact_wide && !have_idx && b_n < 8 && (double)a_n * (double)b_n < 0x1p31)
-        for (; grouped + 8 <= k_n; grouped += 8)
-            exact_group_avx2(x, a_n, c_n, b_n, grouped, &acc[grouped], tl, th, bounded);
-#endif
-    for (Py_ssize_t k = 0; k < k_n; k++) {
-        exact_acc *st = &acc[k];
-        Py_ssize_t c = have_idx ? ix[k] : k;
-        /* channel by channel: per-row bookkeeping would cost more than small rows' values */
-        if (k >= grouped) exact_channel(x + c * b_n, a_n, c_n * b_n, b_n, st, tl, th, bounded);
-        int finite = isfinite(st->s) && isfinite(st->q);
-        double n = st->n, meansq = st->q * inv_total, mean = st->s * inv_total, var = meansq - mean * mean;
-        if (!finite) {  /* count the finite values, then their sum, min and max */
-            st->n = 0.0; st->s = 0.0; st->mn = INFINITY; st->mx = -INFINITY;
-            for (Py_ssize_t a = 0; a < a_n; a++) finite_row(x + (a * c_n + c) * b_n, b_n, st);
-            n = st->n;
-            mean = n > 0 ? st->s / n : 0.0;
+    PyThreadState *saved = (double)k_n * total >= EXACT_NOGIL ? PyEval_SaveThread() : NULL;
+    if (have_idx) {  /* a few scattered channels (those the fast kernel cannot get right) */
+        for (Py_ssize_t k = 0; k < k_n; k++) {
+            exact_acc st;
+            exact_channel(x + ix[k] * b_n, a_n, c_n * b_n, b_n, &st, tl, th, bounded);
+            st.n = total;
+            exact_finish(x, a_n, c_n, b_n, ix[k], &st, inv_total);
+            exact_put(o, c_n, ix[k], &st, total);
         }
-        if (n > 0 && st->mn == st->mx) {
-            var = 0.0;
-        } else if (n > 0 && (!finite || !(var > n * 0x1p-33 * meansq))) {
-            st->d = 0.0; st->q = 0.0;
-            for (Py_ssize_t a = 0; a < a_n; a++) deviation_row(x + (a * c_n + c) * b_n, b_n, st, mean);
-            var = (st->q - st->d * st->d / n) / n;
-        }
-        if (n > 0) {
-            if (mean < st->mn) mean = st->mn;
-            if (mean > st->mx) mean = st->mx;
-        }
-        st->n = n;
-        st->mean = n > 0 ? mean : 0.0;
-        st->sd = n > 0 && var > 0 ? var : 0.0;  /* the variance; its root below */
+    } else {
+        for (Py_ssize_t c0 = 0; c0 < c_n; c0 += EXACT_BLOCK)
+            exact_block(x, a_n, c_n, b_n, c0, c_n - c0 < EXACT_BLOCK ? c_n - c0 : EXACT_BLOCK, o, tl, th, bounded,
+                        total, inv_total);
     }
-    /* in a loop of their own the square roots overlap; in the loop above each waited for the last */
-    for (Py_ssize_t k = 0; k < k_n; k++)
-        acc[k].sd = sqrt(acc[k].sd);
-    /* row by row: the rows of out lie C doubles apart, often a multiple of 4 KiB, and a channel's
-     * nine values written at once made every store alias the others (2-3x slower) */
-#define EXACT_ROW(r, expr) for (Py_ssize_t k = 0; k < k_n; k++) o[(r) * c_n + (have_idx ? ix[k] : k)] = (expr);
-    EXACT_ROW(0, acc[k].n)
-    EXACT_ROW(1, acc[k].mean)
-    EXACT_ROW(2, acc[k].sd)
-    EXACT_ROW(3, acc[k].mn)
-    EXACT_ROW(4, acc[k].mx)
-    EXACT_ROW(5, acc[k].z)
-    EXACT_ROW(6, total - acc[k].n)
-    EXACT_ROW(7, acc[k].lo)
-    EXACT_ROW(8, acc[k].hi)
-#undef EXACT_ROW
-    Py_END_ALLOW_THREADS
-    PyMem_RawFree(acc);
+    if (saved) PyEval_RestoreThread(saved);
     if (data) PyBuffer_Release(data);
     PyBuffer_Release(&out);
     if (have_idx) PyBuffer_Release(&idx);
@@ -414,16 +637,29 @@ static PyObject *chanexact(PyObject *self, PyObject *args) {
  * float32 data at address (a torch tensor's data_ptr(): the caller guarantees dtype, layout and
  * contiguity, and keeps the tensor alive) of the given shape, channels on dimension cdim (-1:
  * the whole tensor is one channel). Saves the caller the [A, C, B] view and the numpy array
- * (about 3 us of Python per call, as much as reducing a small map). */
-static PyObject *chanexact_ptr(PyObject *self, PyObject *args) {
-    unsigned long long address;
-    PyObject *shape, *out;
-    Py_ssize_t cdim;
-    double lo, hi;
-    int bounded;
-    if (!PyArg_ParseTuple(args, "KOnOddp", &address, &shape, &cdim, &out, &lo, &hi, &bounded))
+ * (about 3 us of Python per call, as much as reducing a small map). Called once per record, so
+ * its arguments are read directly (METH_FASTCALL, a tuple's items) rather than parsed. */
+static PyObject *chanexact_ptr(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "chanexact_ptr: expected 7 arguments (address, shape, cdim, out, lo, hi, bounded), got %zd", nargs);
         return NULL;
-    PyObject *dims = PySequence_Fast(shape, "chanexact_ptr: shape must be a sequence of ints");
+    }
+    if (!PyLong_Check(args[0]) || !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "chanexact_ptr: address and cdim must be ints");
+        return NULL;
+    }
+    unsigned long long address = PyLong_AsUnsignedLongLong(args[0]);
+    if (address == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t cdim = PyLong_AsSsize_t(args[2]);
+    if (cdim == -1 && PyErr_Occurred()) return NULL;
+    double lo = PyFloat_AsDouble(args[4]);
+    if (lo == -1.0 && PyErr_Occurred()) return NULL;
+    double hi = PyFloat_AsDouble(args[5]);
+    if (hi == -1.0 && PyErr_Occurred()) return NULL;
+    int bounded = PyObject_IsTrue(args[6]);
+    if (bounded < 0) return NULL;
+    PyObject *dims = PyTuple_Check(args[1]) ? (Py_INCREF(args[1]), args[1])
+                                            : PySequence_Fast(args[1], "chanexact_ptr: shape must be a sequence of ints");
     if (dims == NULL) return NULL;
     Py_ssize_t ndim = PySequence_Fast_GET_SIZE(dims), a_n = 1, c_n = 1, b_n = 1;
     int ok = address != 0 && cdim >= -1 && cdim < (ndim > 0 ? ndim : 1);
@@ -441,7 +677,7 @@ static PyObject *chanexact_ptr(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_buffer ob;
-    if (PyObject_GetBuffer(out, &ob, PyBUF_WRITABLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[3], &ob, PyBUF_WRITABLE) < 0) return NULL;
     return exact_core((const float *)(uintptr_t)address, NULL, a_n, c_n, b_n, ob, lo, hi, bounded, Py_None);
 }
 
@@ -511,7 +747,7 @@ static PyObject *chanmerge(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"chanexact_ptr", chanexact_ptr, METH_VARARGS, "chanexact of C-contiguous float32 data at an address, with channels on one dimension."},
+    {"chanexact_ptr", (PyCFunction)(void (*)(void))chanexact_ptr, METH_FASTCALL, "chanexact of C-contiguous float32 data at an address, with channels on one dimension."},
     {"chanmerge", chanmerge, METH_VARARGS, "Merge one [9, C] float64 statistics block into another, in place."},
     {"copy_ptr", copy_ptr, METH_VARARGS, "Copy bytes from a data address into a writable buffer."},
     {"chanstats", chanstats, METH_VARARGS, "Per-channel min, max, sum, sum of squares and non-zero count."},
