@@ -85,6 +85,9 @@ def _normalise(dim: int, ndim: int) -> int | None:
     return dim % ndim
 
 
+_UNDECIDED = object()
+
+
 class Tags:
     """Remembers, for the tensors modules produced in one forward, their channel axis."""
 
@@ -111,64 +114,65 @@ def first_tensor(args: Any) -> torch.Tensor | None:
     return None
 
 
-FIRST = 1  # fixed_channel_dim: dim 1
-LAST = -1  # fixed_channel_dim: the last dim
+FIRST = 1  # module_rule: dim 1
+LAST = -1  # module_rule: the last dim
+NORM = 0  # module_rule: a LayerNorm (the last dim, or dim 1 where it permutes internally)
+INHERIT = None  # module_rule: the input's channel axis (rules 4 to 6)
 
 
-def fixed_channel_dim(module: nn.Module) -> int | None:
-    """What :func:`channel_dim` answers for ``module`` whatever its input (rules 2 to 4, for
-    outputs of rank 2 or more): :data:`FIRST`, :data:`LAST`, or ``None`` when it depends on the
-    output's shape or the input's channel axis. The rules look at the class only: decided once
-    per class, so that hooks pay for the class checks once, not once per call."""
+def module_rule(module: nn.Module) -> int | None:
+    """Which of the rules decides ``module``'s channel axis: :data:`FIRST`, :data:`LAST`,
+    :data:`NORM` or :data:`INHERIT`. The rules look at the class only: decided once per class,
+    so that hooks pay for the class checks once, not once per call."""
     cls = type(module)
     try:
-        return _fixed[cls]
+        return _rules[cls]
     except KeyError:
-        fixed = _fixed[cls] = _fixed_channel_dim(module)
-        return fixed
+        rule = _rules[cls] = _module_rule(module)
+        return rule
 
 
-_fixed: weakref.WeakKeyDictionary[type, int | None] = weakref.WeakKeyDictionary()
+_rules: weakref.WeakKeyDictionary[type, int | None] = weakref.WeakKeyDictionary()
 
 
-def _fixed_channel_dim(module: nn.Module) -> int | None:
+def _module_rule(module: nn.Module) -> int | None:
     if type(module).__name__ in _CHANNELS_FIRST_NAMES:
         return FIRST
     if isinstance(module, nn.LayerNorm):
-        return None
+        return NORM
     if isinstance(module, _CHANNELS_FIRST):
         return FIRST
     if isinstance(module, _CHANNELS_LAST):
         return LAST
     if isinstance(module, nn.Flatten):
         return FIRST
-    return None
+    return INHERIT
 
 
-def channel_dim(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor, tags: Tags) -> int | None:
-    """The channel axis of ``out``, produced by ``module`` from ``args`` (rules 2 to 6)."""
+def channel_dim(
+    module: nn.Module, args: tuple[Any, ...], out: torch.Tensor, tags: Tags, rule: Any = _UNDECIDED
+) -> int | None:
+    """The channel axis of ``out``, produced by ``module`` from ``args`` (rules 2 to 6);
+    ``rule`` is :func:`module_rule`'s answer where the caller has it."""
     ndim = out.ndim
     if ndim < 2:
         return None
-    if type(module).__name__ in _CHANNELS_FIRST_NAMES:
+    if rule is _UNDECIDED:
+        rule = module_rule(module)
+    if rule == FIRST:
         return 1
-    if isinstance(module, nn.LayerNorm):
-        ns = module.normalized_shape
+    if rule == LAST:
+        return ndim - 1
+    if rule == NORM:
+        ns = module.normalized_shape  # type: ignore[union-attr]
         if len(ns) == 1 and out.shape[-1] != ns[0] and out.shape[1] == ns[0]:
             return 1  # a LayerNorm subclass that permutes internally
         return ndim - 1
-    if isinstance(module, _CHANNELS_FIRST):
-        return 1
-    if isinstance(module, _CHANNELS_LAST):
-        return ndim - 1
-    if isinstance(module, nn.Flatten):
-        return 1
     inp = first_tensor(args)
     if inp is not None:
         known, cdim = tags.get(inp)
         if known and cdim is not None:
-            dims = getattr(module, "dims", None)
-            if type(module).__name__ == "Permute" and isinstance(dims, (list, tuple)):
+            if type(module).__name__ == "Permute" and isinstance(dims := getattr(module, "dims", None), (list, tuple)):
                 if len(dims) == ndim and cdim in dims:
                     return list(dims).index(cdim)
             elif inp.ndim == ndim:

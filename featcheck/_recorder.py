@@ -196,7 +196,7 @@ def _unsupported(t: torch.Tensor) -> str:
 class _Entry:
     """One module of the inspected model: what the common hooks do when it runs."""
 
-    __slots__ = ("name", "frame", "pauses", "record", "hooked", "fixed")
+    __slots__ = ("name", "frame", "pauses", "record", "hooked", "rule")
 
     def __init__(self, name: str, module: nn.Module, leaf: bool, record: bool, hooked: bool, ops: bool) -> None:
         fused = isinstance(module, _FUSED)
@@ -206,7 +206,7 @@ class _Entry:
         self.pauses = ops and (leaf or fused)  # the op mode is off while it runs
         self.record = record  # its outputs are recorded
         self.hooked = hooked  # recorded, or a leaf whose output's channel axis is remembered
-        self.fixed = _layout.fixed_channel_dim(module)
+        self.rule = _layout.module_rule(module)  # how its channel axis is decided
 
 
 class Recorder:
@@ -360,7 +360,7 @@ class Recorder:
                             for key, t in _flatten(out):
                                 self._record(base + key, module, name, k, key, t, args, e)
                     elif isinstance(out, torch.Tensor):
-                        tags.set(out, self._module_cdim(e, module, args, out))
+                        tags.set(out, _layout.channel_dim(module, args, out, tags, e.rule))
                 if not self._depth:
                     self._commit()  # a submodule called on its own, outside a forward of the model
             finally:
@@ -369,15 +369,6 @@ class Recorder:
                     self._mode_on = True
 
         return post
-
-    def _module_cdim(self, e: _Entry, module: nn.Module, args: tuple[Any, ...], t: torch.Tensor) -> int | None:
-        fixed = e.fixed
-        if fixed is None:
-            return _layout.channel_dim(module, args, t, self._tags)
-        ndim = t.ndim
-        if ndim < 2:
-            return None
-        return 1 if fixed == _layout.FIRST else ndim - 1
 
     def _mode_off(self) -> None:
         if self._mode_on and self._mode is not None:
@@ -518,7 +509,7 @@ class Recorder:
             if cdim is _UNSET:  # the user's channel_dim= depends on names only: asked once
                 cdim = self._overrides[rname] = self._override(rname, mname)
             if cdim is None:
-                cdim = auto_cdim if entry is None else self._module_cdim(entry, module, args, t)  # type: ignore[arg-type]
+                cdim = auto_cdim if entry is None else _layout.channel_dim(module, args, t, self._tags, entry.rule)  # type: ignore[arg-type]
             else:
                 try:
                     cdim = _layout._normalise(cdim, t.ndim)
