@@ -48,6 +48,7 @@ from torch import nn
 
 from . import _config, _grads, _layout, _ops, _stats
 from ._records import LayerCapture
+from ._walk import count_params, default_batchnorm
 
 __all__ = ["Recorder"]
 
@@ -127,23 +128,6 @@ def _module_bounds(module: nn.Module) -> tuple[float, float] | None:
     if isinstance(module, nn.Hardtanh):
         return (float(module.min_val), float(module.max_val))
     return None
-
-
-def default_batchnorm(model: nn.Module) -> list[str]:
-    """BatchNorm layers in eval mode that still hold their initial running statistics."""
-    out = []
-    for name, m in model.named_modules():
-        if (
-            isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and not m.training
-            and m.running_mean is not None
-            and m.running_var is not None
-            and (m.num_batches_tracked is None or int(m.num_batches_tracked) == 0)
-            and not bool(m.running_mean.any())
-            and bool((m.running_var == 1).all())
-        ):
-            out.append(name)
-    return out
 
 
 _UNSET = object()
@@ -544,8 +528,7 @@ class Recorder:
         so that records answer without keeping it alive."""
         with _quiet():
             self.commit_outside_forward()
-            for rec in self.records.values():
-                rec.params  # noqa: B018 - computed and cached now
+            count_params(self.records.values())
 
     def commit_outside_forward(self) -> None:
         """Records are read: commit what hooks outside a forward of the model left pending."""
