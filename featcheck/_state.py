@@ -85,7 +85,7 @@ class _Copies:
         # dtype read per tensor
         by_kind = _group_by_device_and_dtype([tensors], False) if tensors else {}
         with torch.no_grad():
-            self.groups = [(group, _versions(group), _flatten(group)) for [group], _ in by_kind.values()]
+            self.groups = [(group, _versions(group), _copy(group)) for [group], _ in by_kind.values()]
 
     def changed(self) -> list[tuple[torch.Tensor, int | None, torch.Tensor]]:
         """The copied tensors whose values (bitwise) or versions differ now, with their versions
@@ -105,8 +105,13 @@ class _Copies:
         return out
 
 
-# one flat copy of tensors of one device and dtype, in one C++ call
+# tensors of one device and dtype as one flat tensor, in one C++ call (a view of a lone tensor)
 _flatten = torch._utils._flatten_dense_tensors
+
+
+def _copy(group: list[torch.Tensor]) -> torch.Tensor:
+    flat = _flatten(group)
+    return flat.clone() if len(group) == 1 else flat
 _group_by_device_and_dtype = torch._C._group_tensors_by_device_and_dtype
 
 
