@@ -62,17 +62,14 @@ def unwrap(model: Any) -> tuple[nn.Module, str]:
     return model, "; ".join(notes)
 
 
-def _default_layers(model: nn.Module) -> list[str]:
-    return _walk.default_layers(_walk.Modules(model))
-
-
 def select_modules(
     model: nn.Module, layers: Any, unmatched: list[str] | None = None, walk: _walk.Modules | None = None
 ) -> dict[str, nn.Module]:
     """Selected ``{name: module}`` of ``model``; raises LayerNotFoundError before any forward for
     a name that matches no module, or appends it to ``unmatched`` (it may name an operation).
     ``walk``: the model's modules, when the caller has walked them already."""
-    walk = walk or _walk.Modules(model)
+    if walk is None:
+        walk = _walk.Modules(model)
     modules = dict(zip(walk.names, walk.modules))
     if layers is None:
         names = _walk.default_layers(walk)

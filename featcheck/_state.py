@@ -66,34 +66,42 @@ _TensorBase = torch._C.TensorBase
 # mobilenet_v3_small) and every tensor: they map C-level callables over flat lists instead of
 # looping in Python, and fall back to the per-module repair only where something did change.
 _chain = itertools.chain.from_iterable
-_dicts_of = operator.attrgetter("__dict__", "_parameters", "_buffers", "_modules")
+_registries_of = operator.attrgetter("_parameters", "_buffers", "_modules")
 _dict_of = operator.attrgetter("__dict__")
 _training_of = operator.attrgetter("training")
 _version_of = operator.attrgetter("_version")
 _requires_grad_of = operator.attrgetter("requires_grad")
-_is_leaf_of = operator.attrgetter("is_leaf")
 _values = dict.values
 
 
 class _Copies:
-    """Values of the tensors featcheck keeps a copy of, one flat tensor per device and dtype, so
-    that snapshot and comparison cost a few kernels, not one per tensor."""
+    """Values of the tensors featcheck keeps a copy of, one flat tensor per device, dtype and
+    rank, so that snapshot and comparison cost a few kernels, not one per tensor."""
 
     def __init__(self, tensors: list[torch.Tensor]) -> None:
-        tensors = [t for t in tensors if not t.is_meta]
+        if any(map(_is_meta_of, tensors)):
+            tensors = [t for t in tensors if not t.is_meta]  # they hold no values
         # torch's own grouping (used by the foreach optimizers): one C++ call, not a device and
         # dtype read per tensor
         by_kind = _group_by_device_and_dtype([tensors], False) if tensors else {}
+        self.groups: list[tuple[list[torch.Tensor], list[int | None], torch.Tensor]] = []
         with torch.no_grad():
-            self.groups = [(group, _versions(group), _copy(group)) for [group], _ in by_kind.values()]
+            for [group], _ in by_kind.values():
+                ranks = list(map(_dim, group))
+                by_rank: dict[int, list[torch.Tensor]] = {}
+                for t, rank in zip(group, ranks) if len(set(ranks)) > 1 else ():
+                    by_rank.setdefault(min(rank, 2), []).append(t)
+                for same in by_rank.values() if by_rank else [group]:
+                    flat = _flat(same)
+                    self.groups.append((same, _versions(same), flat.clone() if len(same) == 1 else flat))
 
-    def changed(self) -> list[tuple[torch.Tensor, int | None, torch.Tensor]]:
+    def changed(self, versions_same: bool) -> list[tuple[torch.Tensor, int | None, torch.Tensor]]:
         """The copied tensors whose values (bitwise) or versions differ now, with their versions
-        and copies."""
+        and copies; ``versions_same``: no tensor of the model has a new version."""
         out = []
         with torch.no_grad():
             for group, versions, flat in self.groups:
-                if _versions(group) == versions and _same_bits(_flatten(group), flat):
+                if (versions_same or _versions(group) == versions) and _same_bits(_flat(group), flat):
                     continue  # a tensor resized in place changes the length: not the same bits
                 pos = 0
                 for t, version in zip(group, versions):
@@ -105,14 +113,20 @@ class _Copies:
         return out
 
 
-# tensors of one device and dtype as one flat tensor, in one C++ call (a view of a lone tensor)
-_flatten = torch._utils._flatten_dense_tensors
-
-
-def _copy(group: list[torch.Tensor]) -> torch.Tensor:
-    flat = _flatten(group)
-    return flat.clone() if len(group) == 1 else flat
 _group_by_device_and_dtype = torch._C._group_tensors_by_device_and_dtype
+_dim = torch.Tensor.dim
+_is_meta_of = operator.attrgetter("is_meta")
+
+
+def _flat(group: list[torch.Tensor]) -> torch.Tensor:
+    """Tensors of one device, dtype and rank as one flat tensor (a view of a lone tensor):
+    ``cat`` and ``stack`` take them as they are, saving a view per tensor."""
+    rank = group[0].dim()
+    if rank == 0 and all(t.dim() == 0 for t in group):
+        return torch.stack(group)
+    if rank == 1 and all(t.dim() == 1 for t in group):
+        return torch.cat(group)
+    return torch._utils._flatten_dense_tensors(group)
 
 
 class ModelState:
@@ -125,13 +139,18 @@ class ModelState:
         mods = list(model.modules()) if modules is None else modules
         self._modules = mods
         self._classes = list(map(type, mods))
-        # per module its __dict__, _parameters, _buffers and _modules, copied: identity of
-        # every entry is what restore compares, and what it puts back
-        self._dicts = list(map(dict.copy, _chain(map(_dicts_of, mods))))
-        self._lens = list(map(len, self._dicts))
+        # per module its __dict__, and its _parameters, _buffers and _modules, copied: identity
+        # of every entry is what restore compares, and what it puts back
+        self._attrs = list(map(dict.copy, map(_dict_of, mods)))
+        self._registries = list(_chain(map(_registries_of, mods)))
+        self._saved = list(map(dict.copy, self._registries))
+        self._lens = list(map(len, self._attrs)), list(map(len, self._saved))
+        # most registries are empty (a leaf's submodules, an activation's parameters): the
+        # comparison of entries skips them, the comparison of lengths covers them
+        self._filled = list(itertools.compress(self._registries, self._saved)), list(filter(None, self._saved))
         # by id: Tensor.__hash__ is a Python-level call
-        params = {id(p): p for p in _chain(map(_values, self._dicts[1::4])) if p is not None}
-        buffers = {id(b): b for b in _chain(map(_values, self._dicts[2::4])) if b is not None and id(b) not in params}
+        params = {id(p): p for p in _chain(map(_values, self._saved[0::3])) if p is not None}
+        buffers = {id(b): b for b in _chain(map(_values, self._saved[1::3])) if b is not None and id(b) not in params}
         tensors = [*params.values(), *buffers.values()]
         self._tensors = tensors
         self._training = list(map(_training_of, mods))
@@ -140,7 +159,7 @@ class ModelState:
         # copied: buffers (small), and parameters of modules defined outside torch.nn
         own = {cls for cls in set(self._classes) if not cls.__module__.startswith("torch.nn.")}
         copied = {
-            id(p): p for cls, d in zip(self._classes, self._dicts[1::4]) if cls in own for p in d.values() if p is not None
+            id(p): p for cls, d in zip(self._classes, self._saved[0::3]) if cls in own for p in d.values() if p is not None
         }
         copied.update(buffers)
         self._copied = copied
@@ -158,13 +177,11 @@ class ModelState:
             for i, m in enumerate(mods):
                 self._restore_module(m, i)
         tensors = self._tensors
-        if not (
-            all(map(_is_leaf_of, tensors))
-            and list(map(_requires_grad_of, tensors)) == self._requires_grad
-            and _versions(tensors) == self._versions
-        ):
+        # a tensor joins a graph only through an in-place op, which bumps its version
+        versions_same = _versions(tensors) == self._versions
+        if not (versions_same and list(map(_requires_grad_of, tensors)) == self._requires_grad):
             self._restore_flags()
-        for t, version, copy in self._copies.changed():
+        for t, version, copy in self._copies.changed(versions_same):
             with torch.inference_mode() if t.is_inference() else torch.no_grad():
                 t.copy_(copy.view(t.shape))
             if version is not None and _set_version is not None:
@@ -189,16 +206,23 @@ class ModelState:
                 for d, flag in zip(map(_dict_of, self._modules), self._training):
                     if d["training"] is not flag:
                         d["training"] = flag
-            now = list(_chain(map(_dicts_of, self._modules)))
-        except (AttributeError, KeyError):  # a registry or the flag deleted from a module's __dict__
+        except (AttributeError, KeyError):  # the flag deleted from a module's __dict__
             return False
-        return list(map(len, now)) == self._lens and all(
-            map(operator.is_, _chain(map(_values, now)), _chain(map(_values, self._dicts)))
+        attrs = list(map(_dict_of, self._modules))
+        if list(map(len, attrs)) != self._lens[0] or not all(map(operator.is_, _chain(map(_values, attrs)), _chain(map(_values, self._attrs)))):
+            return False
+        # the same registry objects (they are entries of __dict__): their entries and names
+        filled, saved = self._filled
+        return (
+            list(map(len, self._registries)) == self._lens[1]
+            and all(map(operator.is_, _chain(map(_values, filled)), _chain(map(_values, saved))))
+            and list(_chain(filled)) == list(_chain(saved))
         )
 
     def _restore_module(self, m: nn.Module, i: int) -> None:
         cls = self._classes[i]
-        attrs, params, buffers, modules = self._dicts[4 * i : 4 * i + 4]
+        attrs = self._attrs[i]
+        params, buffers, modules = self._saved[3 * i : 3 * i + 3]
         if type(m) is not cls:
             m.__class__ = cls
         _put_back(m._parameters, params)

@@ -25,6 +25,7 @@ __all__ = ["Modules", "count_params", "default_batchnorm", "default_layers", "la
 
 _chain = itertools.chain.from_iterable
 _params_of = operator.attrgetter("_parameters")
+_modules_of = operator.attrgetter("_modules")
 _buffers_of = operator.attrgetter("_buffers")
 _training_of = operator.attrgetter("training")
 _values = dict.values
@@ -61,14 +62,12 @@ class Modules:
             children = m._modules
             if children:
                 dot = f"{name}." if name else ""
-                stack.extend(reversed([(dot + n, c) for n, c in children.items() if c is not None]))
+                for n, c in reversed(children.items()):  # popped in registration order
+                    if c is not None:
+                        stack.append((dot + n, c))
         self.names = names
         self.modules = modules
         self.shared = shared
-
-    def items(self) -> list[tuple[str, nn.Module]]:
-        """``(name, module)`` pairs, as ``named_modules()`` gives them."""
-        return list(zip(self.names, self.modules))
 
 
 def _has_children(m: nn.Module) -> bool:
@@ -79,8 +78,8 @@ def default_layers(modules: Modules) -> list[str]:
     """Every leaf module, and every module holding parameters of its own (``nn.MultiheadAttention``);
     not the root when it has children."""
     out = []
-    for name, m in zip(modules.names, modules.modules):
-        if not (m._modules and _has_children(m)):
+    for name, m, children in zip(modules.names, modules.modules, map(len, map(_modules_of, modules.modules))):
+        if not children or not _has_children(m):
             out.append(name)
         elif name and m._parameters and any(p is not None for p in m._parameters.values()):
             out.append(name)
@@ -113,10 +112,11 @@ def count_params(records: Iterable[LayerCapture]) -> None:
     once per module, not once per record; a module without children counts its own
     parameters, without the walk ``parameters()`` makes."""
     counts: dict[int, int] = {}
+    numel = torch.Tensor.numel
     for rec in records:
         if rec._params is not None:
-            continue
-        m = rec.module
+            continue  # an operation's record (0), or counted before
+        m = rec._module()
         if m is None:
             continue
         n = counts.get(id(m))
@@ -124,7 +124,8 @@ def count_params(records: Iterable[LayerCapture]) -> None:
             if m._modules and _has_children(m):
                 n = sum(p.numel() for p in m.parameters())
             else:
-                n = sum(p.numel() for p in {id(p): p for p in m._parameters.values() if p is not None}.values())
+                params = m._parameters
+                n = sum(map(numel, {id(p): p for p in params.values() if p is not None}.values())) if params else 0
             counts[id(m)] = n
         rec._params = n
 
