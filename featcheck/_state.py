@@ -26,6 +26,15 @@ the capture, ``out.sum().backward()`` after it). Where a tensor did change and i
 its version counter is set back to what it was, since its values are again exactly those that
 any earlier graph saved. Inference tensors (a model built under ``torch.inference_mode()``) are
 written back inside inference mode.
+
+Both run once per capture over every module and tensor, so they are built for it: the snapshot
+is a copy of each module's ``__dict__`` and registries plus flat lists of the tensors' versions
+and flags, and restore first checks, by identity and at C speed (``map`` over flat lists, no
+Python loop per module), that nothing differs; only when something does, the module-by-module
+repair runs. A ``train=True`` capture's flags are put back before that check, so that it, too,
+stays on the fast path. The copied values are one flat tensor per device, dtype and rank, made
+and compared with a few kernels. No guarantee depends on the fast path: a buffer written
+through ``.data`` (no version bump) is still found by the bitwise comparison.
 """
 
 from __future__ import annotations
