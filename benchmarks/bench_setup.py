@@ -1,12 +1,12 @@
 """A capture's set-up and tear-down, piece by piece, on torchvision mobilenet_v3_small.
 
 The per-capture work around the hooks (issue 10's fixed cost per record): the argument checks,
-the default layer selection, the model-state snapshot and its restore, switching the model to
-eval mode, the search for BatchNorms at their initial statistics, and the parameter counts of
-the records at the end. Each piece is timed once per round, the pieces interleaved; reported per
-piece: the median over rounds, in microseconds, and the sum of the medians. The last rows time
-a bare forward and a whole ``featcheck.capture`` (batch 2, 64x64, one thread) and their
-difference, everything included.
+the default layer selection, the model-state snapshot and its restore, saving and restoring the
+random generators, switching the model to eval mode, the search for BatchNorms at their initial
+statistics, and the parameter counts of the records at the end. Each piece is timed once per
+round, the pieces interleaved; reported per piece: the median over rounds, in microseconds, and
+the sum of the medians. The last rows time a bare forward and a whole ``featcheck.capture``
+(batch 2, 64x64, one thread) and their difference, everything included.
 
 The same script runs against an older featcheck (``PYTHONPATH=old-checkout``): pieces are
 reached through what capture calls, whichever version is imported.
@@ -47,6 +47,10 @@ def pieces(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], ob
             return model.train(False)
         return _walk.set_mode(model, _walk.Modules(model), False)
 
+    def rng() -> None:
+        with _state.preserved_rng(list(state.tensors())):
+            pass
+
     def finalize() -> object:
         for rec in records:
             rec._params = None
@@ -57,6 +61,7 @@ def pieces(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], ob
         "select_modules(None)": lambda: _capture.select_modules(model, None),
         "ModelState": lambda: _state.ModelState(model),
         "restore": state.restore,
+        "preserved_rng": rng,
         "train(False)": train_false,
         "default_batchnorm": lambda: _recorder.default_batchnorm(model),
         "finalize (params)": finalize,

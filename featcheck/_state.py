@@ -125,6 +125,7 @@ class _Copies:
 _group_by_device_and_dtype = torch._C._group_tensors_by_device_and_dtype
 _dim = torch.Tensor.dim
 _is_meta_of = operator.attrgetter("is_meta")
+_is_cuda_of = operator.attrgetter("is_cuda")
 
 
 def _flat(group: list[torch.Tensor]) -> torch.Tensor:
@@ -291,7 +292,7 @@ def preserved_rng(tensors: list[torch.Tensor]) -> Iterator[None]:
     devices: list[int] = []
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         devices = list(range(torch.cuda.device_count()))
-    else:
+    elif any(map(_is_cuda_of, tensors)):  # one attribute read per tensor, not a device object
         devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices):
         yield
