@@ -169,7 +169,11 @@ class ModelState:
         # copied: buffers (small), and parameters of modules defined outside torch.nn
         own = {cls for cls in set(self._classes) if not cls.__module__.startswith("torch.nn.")}
         copied = {
-            id(p): p for cls, d in zip(self._classes, self._saved[0::3]) if cls in own for p in d.values() if p is not None
+            id(p): p
+            for cls, d in zip(self._classes, self._saved[0::3])
+            if cls in own
+            for p in d.values()
+            if p is not None
         }
         copied.update(buffers)
         self._copied = copied
@@ -219,7 +223,9 @@ class ModelState:
         except (AttributeError, KeyError):  # the flag deleted from a module's __dict__
             return False
         attrs = list(map(_dict_of, self._modules))
-        if list(map(len, attrs)) != self._lens[0] or not all(map(operator.is_, _chain(map(_values, attrs)), _chain(map(_values, self._attrs)))):
+        if list(map(len, attrs)) != self._lens[0]:
+            return False
+        if not all(map(operator.is_, _chain(map(_values, attrs)), _chain(map(_values, self._attrs)))):
             return False
         # the same registry objects (they are entries of __dict__): their entries and names
         filled, saved = self._filled

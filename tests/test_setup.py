@@ -93,7 +93,8 @@ def test_default_batchnorm_answers_as_the_per_layer_check() -> None:
 
 
 def test_default_batchnorm_with_mixed_dtypes_and_no_running_stats() -> None:
-    model = nn.Sequential(nn.BatchNorm1d(3), nn.BatchNorm1d(5).half(), nn.BatchNorm1d(4, track_running_stats=False)).eval()
+    model = nn.Sequential(nn.BatchNorm1d(3), nn.BatchNorm1d(5).half(), nn.BatchNorm1d(4, track_running_stats=False))
+    model.eval()
     assert _walk.default_batchnorm(model) == ["0", "1"] == reference_default_batchnorm(model)
     model[1].running_var[4] = 2.0
     assert _walk.default_batchnorm(model) == ["0"] == reference_default_batchnorm(model)
@@ -199,7 +200,8 @@ def test_a_train_capture_restores_running_statistics_bitwise_and_versions() -> N
     featcheck.capture(model, torch.randn(4, 3, 32, 32) * 3 + 1, train=True)
     for n, (b, before, version) in bufs.items():
         assert dict(model.named_buffers())[n] is b
-        assert torch.equal(b.view(torch.uint8) if b.is_floating_point() else b, before.view(torch.uint8) if b.is_floating_point() else before), n
+        bits = (b.view(torch.uint8), before.view(torch.uint8)) if b.is_floating_point() else (b, before)
+        assert torch.equal(*bits), n
         assert b._version == version, n
     assert not any(m.training for m in model.modules())
 
