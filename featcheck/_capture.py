@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import _grads, _ops, _selection
+from . import _grads, _ops, _selection, _walk
 from ._records import Capture, LayerCapture
 from ._recorder import Recorder
 from ._state import ModelState, preserved_rng
@@ -62,24 +62,17 @@ def unwrap(model: Any) -> tuple[nn.Module, str]:
     return model, "; ".join(notes)
 
 
-def _default_layers(model: nn.Module) -> list[str]:
-    out = []
-    for name, m in model.named_modules():
-        children = next(m.children(), None) is not None
-        own_params = any(p is not None for p in m._parameters.values())
-        if not name and children:
-            continue
-        if not children or own_params:
-            out.append(name)
-    return out
-
-
-def select_modules(model: nn.Module, layers: Any, unmatched: list[str] | None = None) -> dict[str, nn.Module]:
+def select_modules(
+    model: nn.Module, layers: Any, unmatched: list[str] | None = None, walk: _walk.Modules | None = None
+) -> dict[str, nn.Module]:
     """Selected ``{name: module}`` of ``model``; raises LayerNotFoundError before any forward for
-    a name that matches no module, or appends it to ``unmatched`` (it may name an operation)."""
-    modules = dict(model.named_modules())
+    a name that matches no module, or appends it to ``unmatched`` (it may name an operation).
+    ``walk``: the model's modules, when the caller has walked them already."""
+    if walk is None:
+        walk = _walk.Modules(model)
+    modules = dict(zip(walk.names, walk.modules))
     if layers is None:
-        names = _default_layers(model)
+        names = _walk.default_layers(walk)
     else:
         items = [(n, m) for n, m in modules.items() if n or len(modules) == 1]
         names = _selection.select(items, layers, f"{type(model).__name__}.named_modules()", unmatched=unmatched)
@@ -189,6 +182,7 @@ def _check_args(
     channel_dim: Any,
     keep_samples: Any,
     deferred: list[tuple[str, str]] | None,
+    walk: _walk.Modules | None = None,
     **flags: Any,
 ) -> tuple[dict[str, tuple[float, float]], Callable[[str, str], int | None]]:
     if layers is not None:
@@ -206,7 +200,7 @@ def _check_args(
     _check_keys(checked, "bounds", model, deferred)
     if isinstance(channel_dim, Mapping):
         _check_keys(channel_dim, "channel_dim", model, deferred)
-    lazy = [n for n, p in model.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)]
+    lazy = _walk.lazy_parameters(walk or _walk.Modules(model))
     if lazy:
         raise ValueError(
             f"the model has uninitialised lazy parameters ({', '.join(lazy[:3])}): featcheck hands "
@@ -352,13 +346,14 @@ def capture(
         >>> cap["layer1"].stats["mean"]
     """
     eager, note = unwrap(model)
+    walk = _walk.Modules(eager)
     deferred: list[tuple[str, str]] | None = [] if ops is True else None
     bounds_, override = _check_args(
-        eager, layers, saturation_tol, bounds, channel_dim, keep_samples, deferred, ops=ops, train=train, grad=grad
+        eager, layers, saturation_tol, bounds, channel_dim, keep_samples, deferred, walk, ops=ops, train=train, grad=grad
     )
     _grads.check_backward_args(backward, input_grad)
     kwargs = _merge_kwargs(kwargs, forward_kwargs)
-    recorder, selected = _recorder(eager, layers, override, bounds_, saturation_tol, keep_samples, ops, deferred, _on_output)
+    recorder, selected = _recorder(eager, layers, override, bounds_, saturation_tol, keep_samples, ops, deferred, _on_output, walk)
     # featcheck.compare (``_on_output``) runs a torch.compile wrapper itself: the compiled code is
     # what it compares, and the records it shows are those the compiled graph lets run
     run = model if _on_output is not None and type(model).__name__ == "OptimizedModule" else eager
@@ -377,11 +372,11 @@ def capture(
         guard = _Interrupts()
         try:
             guard.critical = True
-            state = ModelState(eager)
-            recorder.attach(eager, selected)
+            state = ModelState(eager, walk.modules)
+            recorder.attach(eager, selected, walk)
             guard.release()
             with preserved_rng(list(state.tensors())), torch.set_grad_enabled(grad):
-                eager.train(train)
+                _walk.set_mode(eager, walk, train)
                 with _quiet_compile_warning(run is not eager):
                     out = run(*args, **kwargs)
                 if recorder.grads is not None and backward is not None:
@@ -430,11 +425,12 @@ def _recorder(
     ops: bool,
     deferred: list[tuple[str, str]] | None,
     on_output: Callable[[LayerCapture, torch.Tensor, tuple[Any, ...]], None] | None = None,
+    walk: _walk.Modules | None = None,
 ) -> tuple[Recorder, dict[str, nn.Module]]:
     """The recorder for one inspection, and its selected modules. A name in ``layers`` that
     matches no module but could name an operation is checked after the forward (``deferred``)."""
     unmatched: list[str] | None = [] if ops else None
-    selected = select_modules(eager, layers, unmatched)
+    selected = select_modules(eager, layers, unmatched, walk)
     if deferred is not None and unmatched:
         modules = dict(eager.named_modules())
         for name in unmatched:
@@ -498,9 +494,10 @@ def watch(
         ...         model(xb)
     """
     eager, note = unwrap(model)
+    walk = _walk.Modules(eager)
     deferred: list[tuple[str, str]] | None = [] if ops is True else None
-    bounds_, override = _check_args(eager, layers, saturation_tol, bounds, channel_dim, keep_samples, deferred, ops=ops)
-    recorder, selected = _recorder(eager, layers, override, bounds_, saturation_tol, keep_samples, ops, deferred)
+    bounds_, override = _check_args(eager, layers, saturation_tol, bounds, channel_dim, keep_samples, deferred, walk, ops=ops)
+    recorder, selected = _recorder(eager, layers, override, bounds_, saturation_tol, keep_samples, ops, deferred, walk=walk)
     if note:
         warnings.warn(
             f"featcheck.watch: {note}; call that eager module inside the with-block, "
@@ -513,7 +510,7 @@ def watch(
         steps: _grads.StepHooks | None = None
         try:
             guard.critical = True
-            recorder.attach(eager, selected)
+            recorder.attach(eager, selected, walk)
             steps = _grads.StepHooks(grads, eager)
             guard.release()
             yield Capture(recorder, type(eager).__name__, note)

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module_hooks
 
-from . import _config, _grads, _layout, _ops, _stats
+from . import _config, _grads, _layout, _ops, _stats, _walk
 from ._records import LayerCapture
 
 __all__ = ["Recorder"]
@@ -147,23 +147,6 @@ def _module_bounds(module: nn.Module) -> tuple[float, float] | None:
     return None
 
 
-def default_batchnorm(model: nn.Module) -> list[str]:
-    """BatchNorm layers in eval mode that still hold their initial running statistics."""
-    out = []
-    for name, m in model.named_modules():
-        if (
-            isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and not m.training
-            and m.running_mean is not None
-            and m.running_var is not None
-            and (m.num_batches_tracked is None or int(m.num_batches_tracked) == 0)
-            and not bool(m.running_mean.any())
-            and bool((m.running_var == 1).all())
-        ):
-            out.append(name)
-    return out
-
-
 _UNSET = object()
 
 # The exact C kernel for small float32 maps and the copy of their first sample (featcheck/_fast.c),
@@ -241,6 +224,7 @@ class Recorder:
         # shape, dtype, samples, rendering sample)
         self._pending: list[tuple[LayerCapture, Any, torch.Size, torch.dtype, int, Any]] = []
         self._entries: dict[nn.Module, _Entry] = {}
+        self._walk: _walk.Modules | None = None
         self._new: list[str] = []
         self._tags = _layout.Tags()
         with _quiet():
@@ -264,7 +248,7 @@ class Recorder:
         self._on_output = on_output
 
     # hooks ---------------------------------------------------------------------------
-    def attach(self, root: nn.Module, selected: Mapping[str, nn.Module]) -> None:
+    def attach(self, root: nn.Module, selected: Mapping[str, nn.Module], walk: _walk.Modules | None = None) -> None:
         """Hook ``root`` and its modules; all or nothing (a failure removes what was added).
 
         Two hooks common to all modules (``torch.nn.modules.module.register_module_forward_*``)
@@ -278,11 +262,11 @@ class Recorder:
         self.model_name = type(root).__name__
         try:
             entries: dict[nn.Module, _Entry] = {}
-            modules = list(root.named_modules())
+            self._walk = walk = walk if walk is not None else _walk.Modules(root)
             if self.ops:
-                self.module_names = dict.fromkeys(n for n, _ in modules)
-            for name, module in modules:
-                leaf = next(module.children(), None) is None
+                self.module_names = dict.fromkeys(walk.names)
+            for name, module in zip(walk.names, walk.modules):
+                leaf = not module._modules or not _walk.has_children(module)
                 record = name in selected
                 hooked = record or (leaf and module is not root)
                 if hooked or self.ops:
@@ -383,6 +367,7 @@ class Recorder:
         while self._handles:
             self._handles.pop().remove()
         self._entries = {}
+        self._walk = None  # it holds every module, which a capture kept after its test must not keep alive
         self._tags.clear()
         if self._depth:
             self._abort()
@@ -393,7 +378,7 @@ class Recorder:
             return  # the root calling itself: one forward pass
         with _quiet():
             if self.forwards == 0:
-                self.default_batchnorm = default_batchnorm(module)
+                self.default_batchnorm = _walk.default_batchnorm(module, self._walk)
             self._input_size = _spatial_size(args, kwargs)
         self._exc_at_start = sys.exc_info()[1]
         self._calls.clear()
@@ -611,8 +596,7 @@ class Recorder:
         so that records answer without keeping it alive."""
         with _quiet():
             self.commit_outside_forward()
-            for rec in self.records.values():
-                rec.params  # noqa: B018 - computed and cached now
+            _walk.count_params(self.records.values())
 
     def commit_outside_forward(self) -> None:
         """Records are read: commit what hooks outside a forward of the model left pending."""

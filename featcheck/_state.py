@@ -26,11 +26,21 @@ the capture, ``out.sum().backward()`` after it). Where a tensor did change and i
 its version counter is set back to what it was, since its values are again exactly those that
 any earlier graph saved. Inference tensors (a model built under ``torch.inference_mode()``) are
 written back inside inference mode.
+
+Both run once per capture over every module and tensor, so they are built for it: the snapshot
+is a copy of each module's ``__dict__`` and registries plus flat lists of the tensors' versions
+and flags, and restore first checks, by identity and at C speed (``map`` over flat lists, no
+Python loop per module), that nothing differs; only when something does, the module-by-module
+repair runs. A ``train=True`` capture's flags are put back before that check, so that it, too,
+stays on the fast path. The copied values are one flat tensor per device, dtype and rank, made
+and compared with a few kernels. No guarantee depends on the fast path: a buffer written
+through ``.data`` (no version bump) is still found by the bitwise comparison.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import operator
 import warnings
 from collections.abc import Iterator
@@ -50,121 +60,146 @@ def _version(t: torch.Tensor) -> int | None:
     return t._version
 
 
-def _owned_by_torch(module: nn.Module) -> bool:
-    return type(module).__module__.startswith("torch.nn.")
+def _versions(tensors: list[torch.Tensor]) -> list[int | None]:
+    try:
+        return list(map(_version_of, tensors))
+    except RuntimeError:  # an inference tensor among them: it keeps no version counter
+        return list(map(_version, tensors))
 
 
 # isinstance against the C base class: the Python-level torch.Tensor check costs a metaclass call,
 # and the snapshot looks at every attribute of every module.
 _TensorBase = torch._C.TensorBase
 
-
-class _Slot:
-    """One registered tensor: what it was, and whether featcheck keeps a copy of its value."""
-
-    __slots__ = ("tensor", "version", "requires_grad", "copied")
-
-    def __init__(self, t: torch.Tensor) -> None:
-        self.tensor = t
-        self.version = _version(t)
-        self.requires_grad = t.requires_grad
-        self.copied = False
+# The snapshot and the check that nothing changed run once per capture over every module (209 in
+# mobilenet_v3_small) and every tensor: they map C-level callables over flat lists instead of
+# looping in Python, and fall back to the per-module repair only where something did change.
+_chain = itertools.chain.from_iterable
+_registries_of = operator.attrgetter("_parameters", "_buffers", "_modules")
+_dict_of = operator.attrgetter("__dict__")
+_training_of = operator.attrgetter("training")
+_version_of = operator.attrgetter("_version")
+_requires_grad_of = operator.attrgetter("requires_grad")
+_values = dict.values
 
 
 class _Copies:
-    """Values of the tensors featcheck keeps a copy of, one flat tensor per device and dtype, so
-    that snapshot and comparison cost one kernel each, not one per tensor."""
+    """Values of the tensors featcheck keeps a copy of, one flat tensor per device, dtype and
+    rank, so that snapshot and comparison cost a few kernels, not one per tensor."""
 
-    def __init__(self, slots: list[_Slot]) -> None:
-        self.groups: list[tuple[list[_Slot], torch.Tensor]] = []
-        by_kind: dict[tuple[torch.device, torch.dtype], list[_Slot]] = {}
-        for slot in slots:
-            slot.copied = True
-            if slot.tensor.device.type != "meta":
-                by_kind.setdefault((slot.tensor.device, slot.tensor.dtype), []).append(slot)
-        self.groups = [(group, _flat(group)) for group in by_kind.values()]
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        if any(map(_is_meta_of, tensors)):
+            tensors = [t for t in tensors if not t.is_meta]  # they hold no values
+        # torch's own grouping (used by the foreach optimizers): one C++ call, not a device and
+        # dtype read per tensor
+        by_kind = _group_by_device_and_dtype([tensors], False) if tensors else {}
+        self.groups: list[tuple[list[torch.Tensor], list[int | None], torch.Tensor]] = []
+        with torch.no_grad():
+            for [group], _ in by_kind.values():
+                ranks = list(map(_dim, group))
+                by_rank: dict[int, list[torch.Tensor]] = {}
+                for t, rank in zip(group, ranks) if len(set(ranks)) > 1 else ():
+                    by_rank.setdefault(min(rank, 2), []).append(t)
+                for same in by_rank.values() if by_rank else [group]:
+                    flat = _flat(same)
+                    self.groups.append((same, _versions(same), flat.clone() if len(same) == 1 else flat))
 
-    def changed(self) -> list[tuple[_Slot, torch.Tensor]]:
-        """The copied tensors whose values or versions differ now (bitwise), with their copies."""
+    def changed(self, versions_same: bool) -> list[tuple[torch.Tensor, int | None, torch.Tensor]]:
+        """The copied tensors whose values (bitwise) or versions differ now, with their versions
+        and copies; ``versions_same``: no tensor of the model has a new version."""
         out = []
-        for group, flat in self.groups:
-            shapes = [s.tensor.numel() for s in group]
-            if sum(shapes) == flat.numel() and all(_version(s.tensor) == s.version for s in group) and _same_bits(_flat(group), flat):
-                continue
-            pos = 0
-            for slot in group:
-                n = slot.tensor.numel()
-                copy = flat[pos : pos + n]
-                pos += n
-                if _version(slot.tensor) != slot.version or not _equal(slot.tensor, copy):
-                    out.append((slot, copy))
+        with torch.no_grad():
+            for group, versions, flat in self.groups:
+                if (versions_same or _versions(group) == versions) and _same_bits(_flat(group), flat):
+                    continue  # a tensor resized in place changes the length: not the same bits
+                pos = 0
+                for t, version in zip(group, versions):
+                    n = t.numel()
+                    copy = flat[pos : pos + n]
+                    pos += n
+                    if _version(t) != version or not _equal(t, copy):
+                        out.append((t, version, copy))
         return out
-def _flat(group: list[_Slot]) -> torch.Tensor:
-    return torch.cat([s.tensor.detach().reshape(-1) for s in group])
+
+
+_group_by_device_and_dtype = torch._C._group_tensors_by_device_and_dtype
+_dim = torch.Tensor.dim
+_is_meta_of = operator.attrgetter("is_meta")
+_is_cuda_of = operator.attrgetter("is_cuda")
+
+
+def _flat(group: list[torch.Tensor]) -> torch.Tensor:
+    """Tensors of one device, dtype and rank as one flat tensor (a view of a lone tensor):
+    ``cat`` and ``stack`` take them as they are, saving a view per tensor."""
+    rank = group[0].dim()
+    if rank == 0 and all(t.dim() == 0 for t in group):
+        return torch.stack(group)
+    if rank == 1 and all(t.dim() == 1 for t in group):
+        return torch.cat(group)
+    return torch._utils._flatten_dense_tensors(group)
 
 
 class ModelState:
     """A snapshot of a model's state that :meth:`restore` puts back, touching only what changed."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, modules: list[nn.Module] | None = None) -> None:
+        """``modules``: ``list(model.modules())`` when the caller has it already."""
         self.model = model
-        self.modules: list[tuple[nn.Module, type, tuple[str, ...], tuple[Any, ...], dict[str, Any], dict[str, Any], dict[str, Any]]] = []
-        self.slots: dict[int, _Slot] = {}
         self.unrestorable: list[str] = []
-        copied: list[_Slot] = []
-        for m in model.modules():
-            d = m.__dict__
-            self.modules.append((m, type(m), tuple(d), tuple(d.values()), dict(m._parameters), dict(m._buffers), dict(m._modules)))
-            own = not _owned_by_torch(m)
-            for p in m._parameters.values():
-                if p is not None and id(p) not in self.slots:
-                    self.slots[id(p)] = slot = _Slot(p)
-                    if own:
-                        copied.append(slot)
-            for b in m._buffers.values():
-                if b is not None and id(b) not in self.slots:
-                    self.slots[id(b)] = slot = _Slot(b)
-                    copied.append(slot)
-        self._copies = _Copies(copied)
+        mods = list(model.modules()) if modules is None else modules
+        self._modules = mods
+        self._classes = list(map(type, mods))
+        # per module its __dict__, and its _parameters, _buffers and _modules, copied: identity
+        # of every entry is what restore compares, and what it puts back
+        self._attrs = list(map(dict.copy, map(_dict_of, mods)))
+        self._registries = list(_chain(map(_registries_of, mods)))
+        self._saved = list(map(dict.copy, self._registries))
+        self._lens = list(map(len, self._attrs)), list(map(len, self._saved))
+        # most registries are empty (a leaf's submodules, an activation's parameters): the
+        # comparison of entries skips them, the comparison of lengths covers them
+        self._filled = list(itertools.compress(self._registries, self._saved)), list(filter(None, self._saved))
+        # by id: Tensor.__hash__ is a Python-level call
+        params = {id(p): p for p in _chain(map(_values, self._saved[0::3])) if p is not None}
+        buffers = {id(b): b for b in _chain(map(_values, self._saved[1::3])) if b is not None and id(b) not in params}
+        tensors = [*params.values(), *buffers.values()]
+        self._tensors = tensors
+        self._training = list(map(_training_of, mods))
+        self._versions = _versions(tensors)
+        self._requires_grad = list(map(_requires_grad_of, tensors))
+        # copied: buffers (small), and parameters of modules defined outside torch.nn
+        own = {cls for cls in set(self._classes) if not cls.__module__.startswith("torch.nn.")}
+        copied = {
+            id(p): p
+            for cls, d in zip(self._classes, self._saved[0::3])
+            if cls in own
+            for p in d.values()
+            if p is not None
+        }
+        copied.update(buffers)
+        self._copied = copied
+        self._copies = _Copies(list(copied.values()))
 
     def tensors(self) -> Iterator[torch.Tensor]:
         """Every parameter and buffer of the model."""
-        return (slot.tensor for slot in self.slots.values())
+        return iter(self._tensors)
 
     def restore(self) -> None:
         """Put back everything that changed; raises nothing for what it cannot undo, but records
         it in ``unrestorable`` (and warns)."""
-        for m, cls, keys, values, params, buffers, modules in self.modules:
-            if type(m) is not cls:
-                m.__class__ = cls
-            _put_back(m._parameters, params)
-            _put_back(m._buffers, buffers)
-            _put_back(m._modules, modules)
-            d = m.__dict__
-            if len(d) == len(keys) and all(map(operator.is_, d.values(), values)):
-                continue  # nothing rebound (checked at C speed: this runs for every module)
-            was = dict(zip(keys, values))
-            d["training"] = was["training"]
-            for k in [k for k, v in d.items() if isinstance(v, _TensorBase) and k not in was]:
-                del d[k]  # tensor attributes added in forward
-            for k, v in was.items():
-                if isinstance(v, _TensorBase) or isinstance(d.get(k), _TensorBase):
-                    d[k] = v  # tensor attributes rebound (or a non-tensor that became one)
-        for slot in self.slots.values():
-            t = slot.tensor
-            if not t.is_leaf:
-                t.detach_()  # an in-place op with autograd on made it part of a graph
-            if t.requires_grad != slot.requires_grad:
-                t.requires_grad_(slot.requires_grad)
-            if not slot.copied and slot.version is not None and _version(t) != slot.version:
-                names = {id(x): n for n, x in _named_tensors(self.model)}
-                self.unrestorable.append(names.get(id(t), "?"))
-        for slot, copy in self._copies.changed():
-            t = slot.tensor
+        mods = self._modules
+        if list(map(type, mods)) != self._classes or not self._registrations_unchanged():
+            for i, m in enumerate(mods):
+                self._restore_module(m, i)
+        tensors = self._tensors
+        # a tensor joins a graph only through an in-place op, which bumps its version
+        versions_same = _versions(tensors) == self._versions
+        if not (versions_same and list(map(_requires_grad_of, tensors)) == self._requires_grad):
+            self._restore_flags()
+        for t, version, copy in self._copies.changed(versions_same):
             with torch.inference_mode() if t.is_inference() else torch.no_grad():
                 t.copy_(copy.view(t.shape))
-            if slot.version is not None and _set_version is not None:
-                _set_version((t,), (slot.version,))
+            if version is not None and _set_version is not None:
+                _set_version((t,), (version,))
         if self.unrestorable:
             warnings.warn(
                 "featcheck.capture: the forward pass wrote in place into parameters it keeps no "
@@ -174,6 +209,61 @@ class ModelState:
                 RuntimeWarning,
                 stacklevel=4,
             )
+
+    def _registrations_unchanged(self) -> bool:
+        """Every module holds the same attributes, parameters, buffers and submodules, by
+        identity and in the same order (compared at C speed: this runs for every module)."""
+        try:
+            if list(map(_training_of, self._modules)) != self._training:
+                # train=True flips every flag: put the flags back first, so that the common case
+                # stays on this path rather than the per-module repair
+                for d, flag in zip(map(_dict_of, self._modules), self._training):
+                    if d["training"] is not flag:
+                        d["training"] = flag
+        except (AttributeError, KeyError):  # the flag deleted from a module's __dict__
+            return False
+        attrs = list(map(_dict_of, self._modules))
+        if list(map(len, attrs)) != self._lens[0]:
+            return False
+        if not all(map(operator.is_, _chain(map(_values, attrs)), _chain(map(_values, self._attrs)))):
+            return False
+        # the same registry objects (they are entries of __dict__): their entries and names
+        filled, saved = self._filled
+        return (
+            list(map(len, self._registries)) == self._lens[1]
+            and all(map(operator.is_, _chain(map(_values, filled)), _chain(map(_values, saved))))
+            and list(_chain(filled)) == list(_chain(saved))
+        )
+
+    def _restore_module(self, m: nn.Module, i: int) -> None:
+        cls = self._classes[i]
+        attrs = self._attrs[i]
+        params, buffers, modules = self._saved[3 * i : 3 * i + 3]
+        if type(m) is not cls:
+            m.__class__ = cls
+        _put_back(m._parameters, params)
+        _put_back(m._buffers, buffers)
+        _put_back(m._modules, modules)
+        d = m.__dict__
+        if len(d) == len(attrs) and all(map(operator.is_, d.values(), attrs.values())):
+            return  # nothing rebound
+        d["training"] = attrs["training"]
+        for k in [k for k, v in d.items() if isinstance(v, _TensorBase) and k not in attrs]:
+            del d[k]  # tensor attributes added in forward
+        for k, v in attrs.items():
+            if isinstance(v, _TensorBase) or isinstance(d.get(k), _TensorBase):
+                d[k] = v  # tensor attributes rebound (or a non-tensor that became one)
+
+    def _restore_flags(self) -> None:
+        """Graph membership, ``requires_grad``, and in-place writes to tensors without a copy."""
+        for t, version, requires_grad in zip(self._tensors, self._versions, self._requires_grad):
+            if not t.is_leaf:
+                t.detach_()  # an in-place op with autograd on made it part of a graph
+            if t.requires_grad != requires_grad:
+                t.requires_grad_(requires_grad)
+            if id(t) not in self._copied and version is not None and _version(t) != version:
+                names = {id(x): n for n, x in _named_tensors(self.model)}
+                self.unrestorable.append(names.get(id(t), "?"))
 
 
 def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -208,7 +298,7 @@ def preserved_rng(tensors: list[torch.Tensor]) -> Iterator[None]:
     devices: list[int] = []
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         devices = list(range(torch.cuda.device_count()))
-    else:
+    elif any(map(_is_cuda_of, tensors)):  # one attribute read per tensor, not a device object
         devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices):
         yield
