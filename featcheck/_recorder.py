@@ -179,10 +179,11 @@ def _unsupported(t: torch.Tensor) -> str:
 class _Entry:
     """One module of the inspected model: what the common hooks do when it runs."""
 
-    __slots__ = ("name", "frame", "pauses", "record", "hooked", "rule")
+    __slots__ = ("module", "name", "frame", "pauses", "record", "hooked", "rule")
 
     def __init__(self, name: str, module: nn.Module, leaf: bool, record: bool, hooked: bool, ops: bool) -> None:
         fused = isinstance(module, _FUSED)
+        self.module = module  # held while the hooks are attached: its id is the table's key
         self.name = name
         # the frame operations called by its forward are attributed to: (name prefix, recorded?)
         self.frame = (f"{name}.", False) if leaf or fused else (f"{name}." if name else "", True)
@@ -223,7 +224,7 @@ class Recorder:
         # what this forward's calls contributed, committed when it returns: (record, block,
         # shape, dtype, samples, rendering sample)
         self._pending: list[tuple[LayerCapture, Any, torch.Size, torch.dtype, int, Any]] = []
-        self._entries: dict[nn.Module, _Entry] = {}
+        self._entries: dict[int, _Entry] = {}  # by id(module): lookups never call a module class's __eq__ or __hash__
         self._walk: _walk.Modules | None = None
         self._new: list[str] = []
         self._tags = _layout.Tags()
@@ -261,7 +262,7 @@ class Recorder:
         self._root = weakref.ref(root)
         self.model_name = type(root).__name__
         try:
-            entries: dict[nn.Module, _Entry] = {}
+            entries: dict[int, _Entry] = {}
             self._walk = walk = walk if walk is not None else _walk.Modules(root)
             if self.ops:
                 self.module_names = dict.fromkeys(walk.names)
@@ -270,7 +271,7 @@ class Recorder:
                 record = name in selected
                 hooked = record or (leaf and module is not root)
                 if hooked or self.ops:
-                    entries[module] = _Entry(name, module, leaf, record, hooked, self.ops)
+                    entries[id(module)] = _Entry(name, module, leaf, record, hooked, self.ops)
             self._entries = entries
             self._handles.append(
                 root.register_forward_pre_hook(self._start, with_kwargs=True, prepend=True)
@@ -297,8 +298,8 @@ class Recorder:
         frames = self._frames
 
         def pre(module: nn.Module, args: Any) -> None:
-            e = entries.get(module)
-            if e is None or not self._depth:
+            e = entries.get(id(module))
+            if e is None or e.module is not module or not self._depth:
                 return  # another model's module, or the root before its forward starts (_start)
             frames.append(e.frame)
             if e.pauses and self._mode_on and self._mode is not None:
@@ -319,8 +320,8 @@ class Recorder:
         quiet = _quiet if self.ops else contextlib.nullcontext
 
         def post(module: nn.Module, args: Any, out: Any) -> None:
-            e = entries.get(module)
-            if e is None:
+            e = entries.get(id(module))
+            if e is None or e.module is not module:
                 return
             resume = False
             if frames:
@@ -385,7 +386,7 @@ class Recorder:
         self._tags.clear()
         if self._mode is not None:
             self._frames.clear()
-            root = self._entries.get(module)
+            root = self._entries.get(id(module))
             if root is not None:
                 self._frames.append(root.frame)
             if root is not None and root.pauses:  # a leaf or fused model: the mode stays off

@@ -21,12 +21,13 @@ from torch import nn
 
 import featcheck
 from fixtures import models
+from fixtures.hooks import no_common_hooks
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def no_hooks(model: nn.Module) -> bool:
-    return not any(
+    return no_common_hooks() and not any(
         m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules()
     )
 
@@ -248,6 +249,9 @@ import featcheck
 from fixtures import models
 
 def no_hooks(model):
+    from torch.nn.modules import module
+    if module._global_forward_hooks or module._global_forward_pre_hooks:
+        return False
     return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 model = models.TinyCNN().eval()
@@ -369,3 +373,20 @@ def test_statistics_of_reused_modules_stay_exact_after_the_restructure() -> None
     with torch.no_grad():
         ref = model.relu(model.b(model.relu(model.a(x)))) - 1.0
     assert math.isclose(float(cap["relu:3"].stats["mean"].mean()), float(ref.relu().mean((0, 2, 3)).mean()), rel_tol=1e-6)
+
+
+
+def test_inside_watch_a_submodule_run_on_its_own_is_recorded_and_another_model_is_not() -> None:
+    # featcheck's hooks are common to all modules: they must pick out this model's modules
+    model, other = models.TinyCNN().eval(), models.TinyCNN().eval()
+    x = torch.randn(2, 3, 8, 8)
+    want = other(x).clone()
+    with featcheck.watch(model) as cap:
+        model(x)
+        alone = model.conv1(x)  # an encoder run on its own, as generation loops do
+        got = other(x)
+    assert cap.forwards == 1
+    assert cap["conv1"].forwards == 2 and cap["conv1"].samples == 4
+    assert cap["conv2"].forwards == 1
+    assert math.isclose(float(cap["conv1"].stats["max"].max()), float(torch.maximum(model.conv1(x), alone).max()), rel_tol=1e-6)
+    assert torch.equal(got, want) and no_hooks(model) and no_hooks(other)

@@ -12,10 +12,11 @@ from torch.overrides import TorchFunctionMode
 
 import featcheck
 from fixtures import functional as fx
+from fixtures.hooks import no_common_hooks
 
 
 def _no_hooks(model: nn.Module) -> bool:
-    return all(
+    return no_common_hooks() and all(
         not m._forward_hooks and not m._forward_pre_hooks and not m._forward_hooks_always_called
         for m in model.modules()
     )
