@@ -131,9 +131,10 @@ def _check_deferred(recorder: Recorder, deferred: list[tuple[str, str]], model_n
             raise type(err)(f"{what}: {err}" if what != "layers" else str(err))
 
 
-def _channel_dim_override(channel_dim: Any) -> Callable[[str, str], int | None]:
+def _channel_dim_override(channel_dim: Any) -> Callable[[str, str], int | None] | None:
+    """The user's ``channel_dim`` as a lookup by record and module name (``None``: none given)."""
     if channel_dim is None:
-        return lambda record, module: None
+        return None
     if isinstance(channel_dim, int) and not isinstance(channel_dim, bool):
         return lambda record, module: channel_dim
     if isinstance(channel_dim, Mapping):
@@ -184,7 +185,7 @@ def _check_args(
     deferred: list[tuple[str, str]] | None,
     walk: _walk.Modules | None = None,
     **flags: Any,
-) -> tuple[dict[str, tuple[float, float]], Callable[[str, str], int | None]]:
+) -> tuple[dict[str, tuple[float, float]], Callable[[str, str], int | None] | None]:
     if layers is not None:
         _selection._flatten_selectors(layers)
     if saturation_tol is not None:
@@ -373,12 +374,11 @@ def capture(
         try:
             guard.critical = True
             state = ModelState(eager, walk.modules)
-            recorder.attach(eager, selected, walk)
+            recorder.attach(eager, selected, walk, wrap=True)
             guard.release()
             with preserved_rng(list(state.tensors())), torch.set_grad_enabled(grad):
                 _walk.set_mode(eager, walk, train)
-                with _quiet_compile_warning(run is not eager):
-                    out = run(*args, **kwargs)
+                out = run(*args, **kwargs)
                 if recorder.grads is not None and backward is not None:
                     recorder.grads.run(eager, out, backward, inputs)
                     recorder.output = _grads.detached(recorder.output)
@@ -403,22 +403,10 @@ def capture(
     return Capture(recorder, type(eager).__name__, note)
 
 
-@contextmanager
-def _quiet_compile_warning(compiled: bool) -> Iterator[None]:
-    """torch warns that hooks common to all modules (featcheck's) also fire for a compiled
-    wrapper: they look that module up, find it is not the model's, and skip it."""
-    if not compiled:
-        yield
-        return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Using `torch.compile.module.` when there are global hooks")
-        yield
-
-
 def _recorder(
     eager: nn.Module,
     layers: Any,
-    override: Callable[[str, str], int | None],
+    override: Callable[[str, str], int | None] | None,
     bounds: dict[str, tuple[float, float]],
     saturation_tol: float | None,
     keep_samples: bool,

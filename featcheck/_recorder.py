@@ -32,7 +32,6 @@ error) is skipped and said in the record's ``note``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fnmatch
 import math
@@ -199,7 +198,7 @@ class Recorder:
     def __init__(
         self,
         *,
-        channel_dim: Callable[[str, str], int | None],
+        channel_dim: Callable[[str, str], int | None] | None,
         bounds: Mapping[str, tuple[float, float]],
         saturation_tol: float | None = None,
         keep_samples: bool = True,
@@ -224,6 +223,7 @@ class Recorder:
         # what this forward's calls contributed, committed when it returns: (record, block,
         # shape, dtype, samples, rendering sample)
         self._pending: list[tuple[LayerCapture, Any, torch.Size, torch.dtype, int, Any]] = []
+        self._wrapped: list[tuple[nn.Module, Callable[..., Any], Any]] = []  # (module, wrapper, what it replaced)
         self._entries: dict[int, _Entry] = {}  # by id(module): lookups never call a module class's __eq__ or __hash__
         self._walk: _walk.Modules | None = None
         self._new: list[str] = []
@@ -249,16 +249,29 @@ class Recorder:
         self._on_output = on_output
 
     # hooks ---------------------------------------------------------------------------
-    def attach(self, root: nn.Module, selected: Mapping[str, nn.Module], walk: _walk.Modules | None = None) -> None:
+    def attach(
+        self, root: nn.Module, selected: Mapping[str, nn.Module], walk: _walk.Modules | None = None, *, wrap: bool = False
+    ) -> None:
         """Hook ``root`` and its modules; all or nothing (a failure removes what was added).
 
-        Two hooks common to all modules (``torch.nn.modules.module.register_module_forward_*``)
-        see every module call and look the module up in a table of this model's modules, built
+        Every module call goes to one pre- and one post-function (:meth:`_make_pre`,
+        :meth:`_make_post`), which look the module up in a table of this model's modules, built
         here in one walk: registering and removing three hooks per module cost more than the
-        forward pass of a small model (mobilenet_v3_small at 64 x 64: 560 hooks, 3 ms). Modules
-        of other models miss the table and return at once. Only the root keeps hooks of its own,
-        which start and end the forward pass's transaction (with the call's keyword arguments,
-        which common hooks are not given)."""
+        forward pass of a small model (mobilenet_v3_small at 64 x 64: 560 hooks, 3 ms). They are
+        called by
+
+        * two hooks common to all modules (``torch.nn.modules.module.register_module_forward_*``),
+          for ``watch``: modules of other models miss the table and return at once, and a
+          submodule run on its own between forwards of the model (an encoder run by a
+          generation loop) is seen;
+        * or, with ``wrap`` (``capture``, whose forward is the only code that runs while it is
+          attached), a wrapper set as each module's ``forward`` (an instance attribute, removed
+          by :meth:`detach`): a module with any hook, common or its own, takes torch's slow call
+          path, which cost 0.7-0.8 ms per forward of mobilenet_v3_small. A wrapper also sees a
+          module whose ``forward`` its parent calls directly, which hooks never see.
+
+        Only the root keeps hooks of its own, which start and end the forward pass's transaction
+        (with the call's keyword arguments, which common hooks are not given)."""
         self._root = weakref.ref(root)
         self.model_name = type(root).__name__
         try:
@@ -276,13 +289,53 @@ class Recorder:
             self._handles.append(
                 root.register_forward_pre_hook(self._start, with_kwargs=True, prepend=True)
             )
-            if self.ops:
-                self._handles.append(_module_hooks.register_module_forward_pre_hook(self._make_pre()))
-            self._handles.append(_module_hooks.register_module_forward_hook(self._make_post(), always_call=True))
+            pre = self._make_pre() if self.ops else None
+            post = self._make_post()
+            if wrap:
+                for e in entries.values():
+                    self._wrap(e.module, pre, post)
+            else:
+                if pre is not None:
+                    self._handles.append(_module_hooks.register_module_forward_pre_hook(pre))
+                self._handles.append(_module_hooks.register_module_forward_hook(post, always_call=True))
             self._handles.append(root.register_forward_hook(self._finish, always_call=True))
         except BaseException:
             self.detach()
             raise
+
+    def _wrap(self, module: nn.Module, pre: Callable[[nn.Module, Any], None] | None, post: Callable[[nn.Module, Any, Any], None]) -> None:
+        """Set a wrapper calling ``pre`` and ``post`` around ``module``'s forward as its instance
+        attribute ``forward`` (what torch's ``__call__`` runs), keeping what was there."""
+        d = module.__dict__
+        had = d.get("forward", _UNSET)
+        inner = module.forward
+        if pre is None:
+            def forward(*args: Any, **kwargs: Any) -> Any:
+                out = inner(*args, **kwargs)
+                post(module, args, out)
+                return out
+        else:
+            def forward(*args: Any, **kwargs: Any) -> Any:
+                pre(module, args)
+                out = None
+                try:
+                    out = inner(*args, **kwargs)
+                finally:  # also when it raised: the module leaves the stack of running modules
+                    post(module, args, out)
+                return out
+        forward.__wrapped__ = inner  # type: ignore[attr-defined]  # inspect.signature(module.forward) as before
+        d["forward"] = forward
+        self._wrapped.append((module, forward, had))
+
+    def _unwrap(self) -> None:
+        while self._wrapped:
+            module, forward, had = self._wrapped.pop()
+            d = module.__dict__
+            if d.get("forward") is forward:  # not if the model's own code replaced it meanwhile
+                if had is _UNSET:
+                    del d["forward"]
+                else:
+                    d["forward"] = had
 
     def _make_pre(self) -> Callable[[nn.Module, Any], None]:
         """The common pre-hook (ops on): keeps the stack of running modules, to which operations
@@ -317,7 +370,6 @@ class Recorder:
         frames = self._frames
         calls = self._calls
         tags = self._tags
-        quiet = _quiet if self.ops else contextlib.nullcontext
 
         def post(module: nn.Module, args: Any, out: Any) -> None:
             e = entries.get(id(module))
@@ -333,7 +385,7 @@ class Recorder:
             try:
                 if not e.hooked:
                     return
-                with quiet():
+                with _quiet():
                     if e.record:
                         name = e.name
                         k = calls.get(name, 0) + 1
@@ -367,6 +419,7 @@ class Recorder:
         self._mode_off()
         while self._handles:
             self._handles.pop().remove()
+        self._unwrap()
         self._entries = {}
         self._walk = None  # it holds every module, which a capture kept after its test must not keep alive
         self._tags.clear()
@@ -491,9 +544,11 @@ class Recorder:
         the module's or the operation's arguments."""
         rec = self.records.get(rname)
         try:
-            cdim = self._overrides.get(rname, _UNSET)
-            if cdim is _UNSET:  # the user's channel_dim= depends on names only: asked once
-                cdim = self._overrides[rname] = self._override(rname, mname)
+            cdim = None
+            if self._override is not None:  # the user's channel_dim= depends on names only: asked once
+                cdim = self._overrides.get(rname, _UNSET)
+                if cdim is _UNSET:
+                    cdim = self._overrides[rname] = self._override(rname, mname)
             if cdim is None:
                 cdim = auto_cdim if entry is None else _layout.channel_dim(module, args, t, self._tags, entry.rule)  # type: ignore[arg-type]
             else:
@@ -519,18 +574,13 @@ class Recorder:
                     "be merged across layouts (use separate captures)"
                 ))
                 return
+            dtype = t.dtype
             block = None
             sample: Any = None
-            # the usual output (a dense float32 CPU tensor) skips the checks of what cannot be reduced
-            plain = t.dtype is torch.float32 and t.is_cpu and t.layout is torch.strided
-            why = "" if plain else _unsupported(t)
-            if why:
-                _note(rec, why)
-            elif self._on_output is not None:
-                self._on_output(rec, t, args)
-            elif plain and _KERNEL is not None and 0 < t.numel() <= _stats._SMALL and t.is_contiguous() and not t.is_nested:
-                # the usual small map: straight to the exact kernel, without the torch calls of
-                # _stats.reduce and _sample (a hook's cost is mostly Python, not values)
+            if (  # the usual small map: straight to the exact kernel (a hook's cost is its Python)
+                dtype is torch.float32 and t.is_cpu and t.layout is torch.strided and self._on_output is None
+                and _KERNEL is not None and 0 < t.numel() <= _stats._SMALL and t.is_contiguous() and not t.is_nested
+            ):
                 thr = self._thr.get(rname)
                 if thr is None:
                     thr = self._thr[rname] = _stats._thresholds(rec.bounds, self._tol)
@@ -540,11 +590,17 @@ class Recorder:
                 if rec.sample is None and self._keep_samples:
                     sample = _first_sample(t, address, shape, cdim)
             else:
-                x = t.detach()
-                block = _stats.reduce(x, cdim, rec.bounds, self._tol, self._scratch)
-                if rec.sample is None and self._keep_samples and x.numel():
-                    sample = _sample(x, cdim)
-            self._pending.append((rec, block, shape, t.dtype, shape[0] if len(shape) and cdim != 0 else 1, sample))
+                why = _unsupported(t)
+                if why:
+                    _note(rec, why)
+                elif self._on_output is not None:
+                    self._on_output(rec, t, args)
+                else:
+                    x = t.detach()
+                    block = _stats.reduce(x, cdim, rec.bounds, self._tol, self._scratch)
+                    if rec.sample is None and self._keep_samples and x.numel():
+                        sample = _sample(x, cdim)
+            self._pending.append((rec, block, shape, dtype, shape[0] if len(shape) and cdim != 0 else 1, sample))
             if self.grads is not None:
                 self.grads.hook(rec, t, cdim)
         except Exception as e:  # never break the user's forward for a picture or a statistic

@@ -21,13 +21,13 @@ from torch import nn
 
 import featcheck
 from fixtures import models
-from fixtures.hooks import no_common_hooks
+from fixtures.hooks import no_common_hooks, no_wrappers
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def no_hooks(model: nn.Module) -> bool:
-    return no_common_hooks() and not any(
+    return no_common_hooks() and no_wrappers(model) and not any(
         m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules()
     )
 
@@ -252,6 +252,8 @@ def no_hooks(model):
     from torch.nn.modules import module
     if module._global_forward_hooks or module._global_forward_pre_hooks:
         return False
+    if any("forward" in m.__dict__ for m in model.modules()):
+        return False
     return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 model = models.TinyCNN().eval()
@@ -390,3 +392,36 @@ def test_inside_watch_a_submodule_run_on_its_own_is_recorded_and_another_model_i
     assert cap["conv2"].forwards == 1
     assert math.isclose(float(cap["conv1"].stats["max"].max()), float(torch.maximum(model.conv1(x), alone).max()), rel_tol=1e-6)
     assert torch.equal(got, want) and no_hooks(model) and no_hooks(other)
+
+
+def test_capture_wraps_forward_for_its_forward_only_and_puts_back_what_was_there() -> None:
+    import inspect
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.signatures: list[list[str]] = []
+
+        def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+            # code that reads its own signature (as Hugging Face models do) sees its own
+            self.signatures.append(list(inspect.signature(self.forward).parameters))
+            return self.conv(x) * scale
+
+    class Parent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = Block()
+            self.head = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head.forward(self.block(x))  # a child's forward called directly
+
+    model = Parent()
+    patched = model.head.forward  # an instance attribute already there (accelerate-style patching)
+    model.head.forward = patched
+    cap = featcheck.capture(model, torch.randn(1, 3, 4, 4))
+    assert model.block.signatures == [["x", "scale"]]
+    assert "head" in cap.names  # capture sees a forward called directly; hooks alone never did
+    assert model.head.__dict__["forward"] is patched and "forward" not in model.block.__dict__
+    assert "forward" not in model.block.conv.__dict__ and no_common_hooks()

@@ -12,7 +12,7 @@ from torch import nn
 
 import featcheck
 from fixtures import models
-from fixtures.hooks import no_common_hooks
+from fixtures.hooks import no_common_hooks, no_wrappers
 
 
 def state_of(model: nn.Module) -> dict[str, object]:
@@ -191,7 +191,7 @@ def test_state_is_restored_when_forward_raises() -> None:
     with pytest.raises(RuntimeError):
         featcheck.capture(model, torch.randn(2, 5, 8, 8))  # wrong channel count: conv raises
     assert_same_state(before, state_of(model))
-    assert no_common_hooks() and not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert no_common_hooks() and no_wrappers(model) and not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def test_lazy_modules_are_refused_with_advice() -> None:

@@ -12,11 +12,11 @@ from torch.overrides import TorchFunctionMode
 
 import featcheck
 from fixtures import functional as fx
-from fixtures.hooks import no_common_hooks
+from fixtures.hooks import no_common_hooks, no_wrappers
 
 
 def _no_hooks(model: nn.Module) -> bool:
-    return no_common_hooks() and all(
+    return no_common_hooks() and no_wrappers(model) and all(
         not m._forward_hooks and not m._forward_pre_hooks and not m._forward_hooks_always_called
         for m in model.modules()
     )
