@@ -63,7 +63,7 @@ def pieces(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], ob
         "restore": state.restore,
         "preserved_rng": rng,
         "train(False)": train_false,
-        "default_batchnorm": lambda: _recorder.default_batchnorm(model),
+        "default_batchnorm": lambda: _recorder.default_batchnorm(model),  # before _walk
         "finalize (params)": finalize,
     }
     if _walk is not None:
@@ -76,6 +76,7 @@ def pieces(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], ob
         out["select_modules(None)"] = lambda: _capture.select_modules(model, None, None, walk)
         out["ModelState"] = lambda: _state.ModelState(model, walk.modules)
         out["train(False)"] = lambda: _walk.set_mode(model, walk, False)
+        out["default_batchnorm"] = lambda: _walk.default_batchnorm(model, walk)
     return out
 
 
