@@ -49,6 +49,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._walk import _chain, _training_of, _values
+
 __all__ = ["ModelState", "preserved_rng"]
 
 _set_version = getattr(torch._C._autograd, "_unsafe_set_version_counter", None)
@@ -74,13 +76,10 @@ _TensorBase = torch._C.TensorBase
 # The snapshot and the check that nothing changed run once per capture over every module (209 in
 # mobilenet_v3_small) and every tensor: they map C-level callables over flat lists instead of
 # looping in Python, and fall back to the per-module repair only where something did change.
-_chain = itertools.chain.from_iterable
 _registries_of = operator.attrgetter("_parameters", "_buffers", "_modules")
 _dict_of = operator.attrgetter("__dict__")
-_training_of = operator.attrgetter("training")
 _version_of = operator.attrgetter("_version")
 _requires_grad_of = operator.attrgetter("requires_grad")
-_values = dict.values
 
 
 class _Copies:
