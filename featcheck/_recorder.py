@@ -309,20 +309,16 @@ class Recorder:
         d = module.__dict__
         had = d.get("forward", _UNSET)
         inner = module.forward
-        if pre is None:
-            def forward(*args: Any, **kwargs: Any) -> Any:
-                out = inner(*args, **kwargs)
-                post(module, args, out)
-                return out
-        else:
-            def forward(*args: Any, **kwargs: Any) -> Any:
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if pre is not None:
                 pre(module, args)
-                out = None
-                try:
-                    out = inner(*args, **kwargs)
-                finally:  # also when it raised: the module leaves the stack of running modules
-                    post(module, args, out)
-                return out
+            out = None
+            try:
+                out = inner(*args, **kwargs)
+            finally:  # also when it raised, as an always-called hook: the stack of modules unwinds
+                post(module, args, out)
+            return out
         forward.__wrapped__ = inner  # type: ignore[attr-defined]  # inspect.signature(module.forward) as before
         d["forward"] = forward
         self._wrapped.append((module, forward, had))
@@ -385,6 +381,8 @@ class Recorder:
             try:
                 if not e.hooked:
                     return
+                # featcheck's own torch calls are seen by no torch function mode, the user's or
+                # its own; no torch.no_grad() (2 us a call): everything starts from the output's data
                 with _quiet():
                     if e.record:
                         name = e.name
