@@ -637,7 +637,7 @@ class Recorder:
                 rec.shape = tuple(shape)  # and what follows from it: the same in most forwards
                 rec.dtype = dtype
                 rec.input_size = input_size
-                spatial = rec.spatial
+                spatial = shape[2:] if rec.channel_dim == 1 else rec.spatial  # the usual layout, without a generator
                 if input_size is not None and spatial and len(spatial) == len(input_size):
                     rec.stride = tuple((i / o) if o else math.inf for i, o in zip(input_size, spatial))
                 else:
