@@ -374,11 +374,12 @@ def capture(
         try:
             guard.critical = True
             state = ModelState(eager, walk.modules)
-            recorder.attach(eager, selected, walk, wrap=True)
+            recorder.attach(eager, selected, walk)
             guard.release()
             with preserved_rng(list(state.tensors())), torch.set_grad_enabled(grad):
                 _walk.set_mode(eager, walk, train)
-                out = run(*args, **kwargs)
+                with _quiet_compile_warning(run is not eager):
+                    out = run(*args, **kwargs)
                 if recorder.grads is not None and backward is not None:
                     recorder.grads.run(eager, out, backward, inputs)
                     recorder.output = _grads.detached(recorder.output)
@@ -401,6 +402,18 @@ def capture(
         if state is not None and state.unrestorable:
             note = "; ".join(filter(None, [note, "not restored (written in place by the forward): " + ", ".join(state.unrestorable)]))
     return Capture(recorder, type(eager).__name__, note)
+
+
+@contextmanager
+def _quiet_compile_warning(compiled: bool) -> Iterator[None]:
+    """torch warns that hooks common to all modules (featcheck's) also fire for a compiled
+    wrapper: they look that module up, find it is not the model's, and skip it."""
+    if not compiled:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Using `torch.compile.module.` when there are global hooks")
+        yield
 
 
 def _recorder(

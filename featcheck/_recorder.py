@@ -155,6 +155,7 @@ _COPY = getattr(_stats._fast, "copy_ptr", None)
 
 # featcheck's own torch calls are seen by no torch function mode, the user's or its own.
 _quiet = torch._C.DisableTorchFunction
+_compiling = torch.compiler.is_compiling
 
 # torch's fused modules: an active mode switches off their fast paths and changes their output.
 _FUSED = _layout.FUSED
@@ -223,7 +224,6 @@ class Recorder:
         # what this forward's calls contributed, committed when it returns: (record, block,
         # shape, dtype, samples, rendering sample)
         self._pending: list[tuple[LayerCapture, Any, torch.Size, torch.dtype, int, Any]] = []
-        self._wrapped: list[tuple[nn.Module, Callable[..., Any], Any]] = []  # (module, wrapper, what it replaced)
         self._entries: dict[int, _Entry] = {}  # by id(module): lookups never call a module class's __eq__ or __hash__
         self._walk: _walk.Modules | None = None
         self._new: list[str] = []
@@ -249,29 +249,21 @@ class Recorder:
         self._on_output = on_output
 
     # hooks ---------------------------------------------------------------------------
-    def attach(
-        self, root: nn.Module, selected: Mapping[str, nn.Module], walk: _walk.Modules | None = None, *, wrap: bool = False
-    ) -> None:
+    def attach(self, root: nn.Module, selected: Mapping[str, nn.Module], walk: _walk.Modules | None = None) -> None:
         """Hook ``root`` and its modules; all or nothing (a failure removes what was added).
 
-        Every module call goes to one pre- and one post-function (:meth:`_make_pre`,
-        :meth:`_make_post`), which look the module up in a table of this model's modules, built
-        here in one walk: registering and removing three hooks per module cost more than the
-        forward pass of a small model (mobilenet_v3_small at 64 x 64: 560 hooks, 3 ms). They are
-        called by
-
-        * two hooks common to all modules (``torch.nn.modules.module.register_module_forward_*``),
-          for ``watch``: modules of other models miss the table and return at once, and a
-          submodule run on its own between forwards of the model (an encoder run by a
-          generation loop) is seen;
-        * or, with ``wrap`` (``capture``, whose forward is the only code that runs while it is
-          attached), a wrapper set as each module's ``forward`` (an instance attribute, removed
-          by :meth:`detach`): a module with any hook, common or its own, takes torch's slow call
-          path, which cost 0.7-0.8 ms per forward of mobilenet_v3_small. A wrapper also sees a
-          module whose ``forward`` its parent calls directly, which hooks never see.
-
-        Only the root keeps hooks of its own, which start and end the forward pass's transaction
-        (with the call's keyword arguments, which common hooks are not given)."""
+        Two hooks common to all modules (``torch.nn.modules.module.register_module_forward_*``)
+        see every module call and look the module up in a table of this model's modules (by
+        ``id``), built here in one walk: registering and removing three hooks per module cost
+        more than the forward pass of a small model (mobilenet_v3_small at 64 x 64: 560 hooks,
+        3 ms). Modules of other models miss the table and return at once; a submodule run on its
+        own between forwards of the model (an encoder run by a generation loop) is seen. Nothing
+        is set on the modules themselves, so a copy or a pickle of one made inside the forward
+        carries none of it. (Wrappers set as each module's ``forward`` would spare torch's slow
+        call path, 0.7-0.8 ms per forward of mobilenet_v3_small, but a ``copy.deepcopy`` made
+        inside the forward copied them and ran the original model.) Only the root keeps hooks of
+        its own, which start and end the forward pass's transaction (with the call's keyword
+        arguments, which common hooks are not given)."""
         self._root = weakref.ref(root)
         self.model_name = type(root).__name__
         try:
@@ -289,49 +281,13 @@ class Recorder:
             self._handles.append(
                 root.register_forward_pre_hook(self._start, with_kwargs=True, prepend=True)
             )
-            pre = self._make_pre() if self.ops else None
-            post = self._make_post()
-            if wrap:
-                for e in entries.values():
-                    self._wrap(e.module, pre, post)
-            else:
-                if pre is not None:
-                    self._handles.append(_module_hooks.register_module_forward_pre_hook(pre))
-                self._handles.append(_module_hooks.register_module_forward_hook(post, always_call=True))
+            if self.ops:
+                self._handles.append(_module_hooks.register_module_forward_pre_hook(self._make_pre()))
+            self._handles.append(_module_hooks.register_module_forward_hook(self._make_post(), always_call=True))
             self._handles.append(root.register_forward_hook(self._finish, always_call=True))
         except BaseException:
             self.detach()
             raise
-
-    def _wrap(self, module: nn.Module, pre: Callable[[nn.Module, Any], None] | None, post: Callable[[nn.Module, Any, Any], None]) -> None:
-        """Set a wrapper calling ``pre`` and ``post`` around ``module``'s forward as its instance
-        attribute ``forward`` (what torch's ``__call__`` runs), keeping what was there."""
-        d = module.__dict__
-        had = d.get("forward", _UNSET)
-        inner = module.forward
-
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            if pre is not None:
-                pre(module, args)
-            out = None
-            try:
-                out = inner(*args, **kwargs)
-            finally:  # also when it raised, as an always-called hook: the stack of modules unwinds
-                post(module, args, out)
-            return out
-        forward.__wrapped__ = inner  # type: ignore[attr-defined]  # inspect.signature(module.forward) as before
-        d["forward"] = forward
-        self._wrapped.append((module, forward, had))
-
-    def _unwrap(self) -> None:
-        while self._wrapped:
-            module, forward, had = self._wrapped.pop()
-            d = module.__dict__
-            if d.get("forward") is forward:  # not if the model's own code replaced it meanwhile
-                if had is _UNSET:
-                    del d["forward"]
-                else:
-                    d["forward"] = had
 
     def _make_pre(self) -> Callable[[nn.Module, Any], None]:
         """The common pre-hook (ops on): keeps the stack of running modules, to which operations
@@ -345,11 +301,12 @@ class Recorder:
         forward inside leaves), and taking the mode off and putting it back costs less."""
         entries = self._entries
         frames = self._frames
+        passes = self._on_output is None  # see _make_post
 
         def pre(module: nn.Module, args: Any) -> None:
             e = entries.get(id(module))
-            if e is None or e.module is not module or not self._depth:
-                return  # another model's module, or the root before its forward starts (_start)
+            if e is None or e.module is not module or not self._depth or (_compiling() and passes):
+                return  # another model's module, the root before its forward starts (_start), or compiled code
             frames.append(e.frame)
             if e.pauses and self._mode_on and self._mode is not None:
                 self._mode_on = False
@@ -366,10 +323,17 @@ class Recorder:
         frames = self._frames
         calls = self._calls
         tags = self._tags
+        # While dynamo traces a compiled region (a submodule the user compiled), the hooks are
+        # traced as doing nothing, so the compiled code is what it would be without featcheck
+        # (a hook that did its work there would break the graph and change the kernels, hence
+        # the output's bits); compiled code is not seen, as the op mode does not see it.
+        # featcheck.compare (``_on_output``) wants the compiled candidate's records: its hooks
+        # do their work, and dynamo breaks the graph around them.
+        passes = self._on_output is None
 
         def post(module: nn.Module, args: Any, out: Any) -> None:
             e = entries.get(id(module))
-            if e is None or e.module is not module:
+            if e is None or e.module is not module or (_compiling() and passes):
                 return
             resume = False
             if frames:
@@ -417,7 +381,6 @@ class Recorder:
         self._mode_off()
         while self._handles:
             self._handles.pop().remove()
-        self._unwrap()
         self._entries = {}
         self._walk = None  # it holds every module, which a capture kept after its test must not keep alive
         self._tags.clear()
