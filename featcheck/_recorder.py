@@ -179,9 +179,9 @@ def _unsupported(t: torch.Tensor) -> str:
 class _Entry:
     """One module of the inspected model: what the common hooks do when it runs."""
 
-    __slots__ = ("module", "name", "frame", "pauses", "record", "hooked", "rule")
+    __slots__ = ("module", "name", "frame", "pauses", "record", "hooked", "rule", "root")
 
-    def __init__(self, name: str, module: nn.Module, leaf: bool, record: bool, hooked: bool, ops: bool) -> None:
+    def __init__(self, name: str, module: nn.Module, leaf: bool, record: bool, hooked: bool, ops: bool, root: bool) -> None:
         fused = isinstance(module, _FUSED)
         self.module = module  # held while the hooks are attached: its id is the table's key
         self.name = name
@@ -191,6 +191,7 @@ class _Entry:
         self.record = record  # its outputs are recorded
         self.hooked = hooked  # recorded, or a leaf whose output's channel axis is remembered
         self.rule = _layout.module_rule(module)  # how its channel axis is decided
+        self.root = root  # its calls start and end the model's forward passes
 
 
 class Recorder:
@@ -257,13 +258,13 @@ class Recorder:
         ``id``), built here in one walk: registering and removing three hooks per module cost
         more than the forward pass of a small model (mobilenet_v3_small at 64 x 64: 560 hooks,
         3 ms). Modules of other models miss the table and return at once; a submodule run on its
-        own between forwards of the model (an encoder run by a generation loop) is seen. Nothing
-        is set on the modules themselves, so a copy or a pickle of one made inside the forward
-        carries none of it. (Wrappers set as each module's ``forward`` would spare torch's slow
-        call path, 0.7-0.8 ms per forward of mobilenet_v3_small, but a ``copy.deepcopy`` made
-        inside the forward copied them and ran the original model.) Only the root keeps hooks of
-        its own, which start and end the forward pass's transaction (with the call's keyword
-        arguments, which common hooks are not given)."""
+        own between forwards of the model (an encoder run by a generation loop) is seen. The
+        root's calls start and end the forward pass's transaction (:meth:`_start`,
+        :meth:`_finish`). Nothing is set on the modules themselves, not even on the root, so a
+        deep copy or a pickle of the model made inside the forward or a ``watch`` block carries
+        none of it. (Wrappers set as each module's ``forward`` would spare torch's slow call
+        path, 0.7-0.8 ms per forward of mobilenet_v3_small, but a ``copy.deepcopy`` made inside
+        the forward copied them and ran the original model.)"""
         self._root = weakref.ref(root)
         self.model_name = type(root).__name__
         try:
@@ -275,23 +276,20 @@ class Recorder:
                 leaf = not module._modules or not _walk.has_children(module)
                 record = name in selected
                 hooked = record or (leaf and module is not root)
-                if hooked or self.ops:
-                    entries[id(module)] = _Entry(name, module, leaf, record, hooked, self.ops)
+                if hooked or self.ops or module is root:
+                    entries[id(module)] = _Entry(name, module, leaf, record, hooked, self.ops, module is root)
             self._entries = entries
+            self._handles.append(_module_hooks.register_module_forward_pre_hook(self._make_pre()))
             self._handles.append(
-                root.register_forward_pre_hook(self._start, with_kwargs=True, prepend=True)
+                _module_hooks.register_module_forward_hook(self._make_post(), with_kwargs=True, always_call=True)
             )
-            if self.ops:
-                self._handles.append(_module_hooks.register_module_forward_pre_hook(self._make_pre()))
-            self._handles.append(_module_hooks.register_module_forward_hook(self._make_post(), always_call=True))
-            self._handles.append(root.register_forward_hook(self._finish, always_call=True))
         except BaseException:
             self.detach()
             raise
 
     def _make_pre(self) -> Callable[[nn.Module, Any], None]:
-        """The common pre-hook (ops on): keeps the stack of running modules, to which operations
-        are attributed.
+        """The common pre-hook: starts a forward pass of the model at its root's call, and (ops
+        on) keeps the stack of running modules, to which operations are attributed.
 
         Operations inside leaf modules (the ``conv2d`` of ``nn.Conv2d``) are not recorded, and
         inside torch's fused attention and transformer modules none are: there the mode is
@@ -301,12 +299,17 @@ class Recorder:
         forward inside leaves), and taking the mode off and putting it back costs less."""
         entries = self._entries
         frames = self._frames
+        ops = self.ops
         passes = self._on_output is None  # see _make_post
 
         def pre(module: nn.Module, args: Any) -> None:
             e = entries.get(id(module))
-            if e is None or e.module is not module or not self._depth or (_compiling() and passes):
-                return  # another model's module, the root before its forward starts (_start), or compiled code
+            if e is None or e.module is not module or (_compiling() and passes):
+                return  # another model's module, or compiled code
+            if e.root and self._start(module):
+                return  # a forward pass of the model begins (the root calling itself is one call within it)
+            if not ops or not self._depth:
+                return  # no stack of modules without ops, nor outside a forward of the model
             frames.append(e.frame)
             if e.pauses and self._mode_on and self._mode is not None:
                 self._mode_on = False
@@ -320,9 +323,6 @@ class Recorder:
         channel axis, and (ops on) takes the module off the stack of running modules, putting
         the mode back after a leaf."""
         entries = self._entries
-        frames = self._frames
-        calls = self._calls
-        tags = self._tags
         # While dynamo traces a compiled region (a submodule the user compiled), the hooks are
         # traced as doing nothing, so the compiled code is what it would be without featcheck
         # (a hook that did its work there would break the graph and change the kernels, hence
@@ -331,43 +331,54 @@ class Recorder:
         # do their work, and dynamo breaks the graph around them.
         passes = self._on_output is None
 
-        def post(module: nn.Module, args: Any, out: Any) -> None:
+        def post(module: nn.Module, args: Any, *rest: Any) -> None:
+            # (kwargs, output); (output) alone when torch calls it from its exception handler
             e = entries.get(id(module))
             if e is None or e.module is not module or (_compiling() and passes):
                 return
-            resume = False
-            if frames:
-                if frames[-1] is _PAUSED:
-                    frames.pop()
-                    resume = True
-                if frames and frames[-1] is e.frame:
-                    frames.pop()
+            out = rest[-1]
             try:
-                if not e.hooked:
-                    return
-                # featcheck's own torch calls are seen by no torch function mode, the user's or
-                # its own; no torch.no_grad() (2 us a call): everything starts from the output's data
-                with _quiet():
-                    if e.record:
-                        name = e.name
-                        k = calls.get(name, 0) + 1
-                        calls[name] = k
-                        base = name if k == 1 else f"{name}:{k}"
-                        if isinstance(out, torch.Tensor):
-                            self._record(base, module, name, k, "", out, args, e)
-                        else:
-                            for key, t in _flatten(out):
-                                self._record(base + key, module, name, k, key, t, args, e)
-                    elif isinstance(out, torch.Tensor):
-                        tags.set(out, _layout.channel_dim(module, args, out, tags, e.rule))
-                if not self._depth:
-                    self._commit()  # a submodule called on its own, outside a forward of the model
+                self._post(e, module, args, out)
             finally:
-                if resume and self._mode is not None and self._depth:
-                    _ops.push(self._mode)
-                    self._mode_on = True
+                if e.root:
+                    self._finish(args, rest[0] if len(rest) == 2 else {}, out)
 
         return post
+
+    def _post(self, e: _Entry, module: nn.Module, args: Any, out: Any) -> None:
+        frames = self._frames
+        resume = False
+        if frames:
+            if frames[-1] is _PAUSED:
+                frames.pop()
+                resume = True
+            if frames and frames[-1] is e.frame:
+                frames.pop()
+        try:
+            if not e.hooked:
+                return
+            # featcheck's own torch calls are seen by no torch function mode, the user's or its
+            # own; no torch.no_grad() (2 us a call): everything starts from the output's data
+            with _quiet():
+                if e.record:
+                    name = e.name
+                    calls = self._calls
+                    k = calls.get(name, 0) + 1
+                    calls[name] = k
+                    base = name if k == 1 else f"{name}:{k}"
+                    if isinstance(out, torch.Tensor):
+                        self._record(base, module, name, k, "", out, args, e)
+                    else:
+                        for key, t in _flatten(out):
+                            self._record(base + key, module, name, k, key, t, args, e)
+                elif isinstance(out, torch.Tensor):
+                    self._tags.set(out, _layout.channel_dim(module, args, out, self._tags, e.rule))
+            if not self._depth:
+                self._commit()  # a submodule called on its own, outside a forward of the model
+        finally:
+            if resume and self._mode is not None and self._depth:
+                _ops.push(self._mode)
+                self._mode_on = True
 
     def _mode_off(self) -> None:
         if self._mode_on and self._mode is not None:
@@ -387,42 +398,45 @@ class Recorder:
         if self._depth:
             self._abort()
 
-    def _start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _start(self, module: nn.Module) -> bool:
+        """The root's call: a forward pass of the model begins, unless the root is calling itself
+        (then False: one forward pass, and that call is one call within it)."""
         self._depth += 1
         if self._depth > 1:
-            return  # the root calling itself: one forward pass
-        with _quiet():
-            if self.forwards == 0:
+            return False
+        if self.forwards == 0:
+            with _quiet():
                 self.default_batchnorm = _walk.default_batchnorm(module, self._walk)
-            self._input_size = _spatial_size(args, kwargs)
         self._exc_at_start = sys.exc_info()[1]
         self._calls.clear()
         self._tags.clear()
         if self._mode is not None:
             self._frames.clear()
-            root = self._entries.get(id(module))
-            if root is not None:
-                self._frames.append(root.frame)
-            if root is not None and root.pauses:  # a leaf or fused model: the mode stays off
+            root = self._entries[id(module)]
+            self._frames.append(root.frame)
+            if root.pauses:  # a leaf or fused model: the mode stays off
                 self._frames.append(_PAUSED)
             else:
                 _ops.push(self._mode)
                 self._mode_on = True
+        return True
 
-    def _finish(self, module: nn.Module, args: Any, output: Any) -> None:
+    def _finish(self, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        """The root's call returned (or raised): the forward pass is committed (or forgotten)."""
         if self._depth == 0:
             return
         self._depth -= 1
         if self._depth:
             return
         self._mode_off()
-        # The hook runs with always_call=True: torch calls it from its exception handler when
-        # the forward raised, where sys.exc_info() holds that exception.
+        # The hook is always called: torch calls it from its exception handler when the forward
+        # raised, where sys.exc_info() holds that exception.
         exc = sys.exc_info()[1]
         if exc is not None and exc is not self._exc_at_start:
             self._abort()
             return
         with _quiet():
+            self._input_size = _spatial_size(args, kwargs)
             self._commit()
         self.output = output
         self.forwards += 1

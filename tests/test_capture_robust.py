@@ -274,7 +274,10 @@ for x in xs:
 rng = random.Random(0)
 lock = threading.Lock()
 out = {"tries": 0, "interrupted": 0, "left_behind": 0}
-for i in range(int(sys.argv[1])):
+want = int(sys.argv[1])  # interrupted captures; how many tries that takes depends on the machine's load
+i = 0
+while out["interrupted"] < want and i < 30 * want:
+    i += 1
     armed = [True]
     x, span = xs[i % 2], spans[i % 2]
     delay = rng.uniform(0, span * 1.2)
@@ -307,17 +310,18 @@ print(json.dumps(out))
 
 
 def test_ctrl_c_at_any_moment_leaves_no_hook_flag_or_buffer_behind(tmp_path: Path) -> None:
-    """200 asynchronous SIGINTs at random moments of a train-mode capture (found 1-2% of tries
-    leaving hooks, buffers or flags behind before). In a subprocess: signals need a main thread
-    of their own, and a stray interrupt must not end the test session."""
+    """Asynchronous SIGINTs at random moments of train-mode captures until 80 captures were
+    interrupted (found 1-2% of tries leaving hooks, buffers or flags behind before). In a
+    subprocess: signals need a main thread of their own, and a stray interrupt must not end the
+    test session."""
     script = tmp_path / "ctrl_c.py"
     script.write_text(CTRL_C)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, str(script), "200"], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, str(script), "80"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["tries"] == 200 and result["left_behind"] == 0
-    assert result["interrupted"] > 50  # the interrupts really did land inside captures
+    assert result["interrupted"] == 80  # the interrupts really did land inside captures
+    assert result["left_behind"] == 0, result
 
 
 def test_injected_faults_at_every_layer_leave_nothing_behind() -> None:
@@ -433,3 +437,54 @@ def test_a_copy_or_signature_taken_inside_a_captured_forward_sees_the_model_as_i
     assert cap["0.lin"].forwards == 1 and model[0].signatures == [["x", "scale"]]
     assert model[1].__dict__["forward"] is patched and no_common_hooks()
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in (*model.modules(), twin))
+
+
+def test_inside_watch_the_model_can_be_deep_copied_pickled_and_saved_as_a_plain_model() -> None:
+    import io
+    import pickle
+
+    model = models.TinyCNN().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with featcheck.watch(model) as cap:
+        model(x).sum().backward()  # with autograd on: the recorder holds a graph's output
+        twin = copy.deepcopy(model)  # an EMA or teacher copy, as training loops make
+        restored = pickle.loads(pickle.dumps(model))
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        twin(x)  # a forward of the copy is not one of the model's
+    assert cap.forwards == 1 and cap["conv1"].forwards == 1
+    for copied in (twin, restored):
+        assert no_hooks(copied) and torch.equal(copied(x), model(x))
+
+
+@pytest.mark.filterwarnings("ignore:Using `torch.compile.module.` when there are global hooks:UserWarning")  # torch's, documented
+def test_a_compiled_submodule_runs_as_compiled_code_bitwise() -> None:
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.bn(self.conv(x))) + x
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.block = torch.compile(Block())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.block(self.stem(x))
+
+    model = Net().eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        plain = model(x)
+    cap = featcheck.capture(model, x)
+    with featcheck.watch(model), torch.no_grad():
+        watched = model(x)
+    # the hooks are traced as doing nothing: the compiled code is what it is without featcheck
+    assert torch.equal(cap.output, plain) and torch.equal(watched, plain)
+    assert "stem" in cap.names and not any(n.startswith("block._orig_mod.") for n in cap.names)
+    assert no_common_hooks()  # (torch's compile wrapper holds a forward of its own)
