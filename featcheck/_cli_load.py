@@ -245,17 +245,23 @@ def load_model(spec: str, kwargs: dict[str, Any], weights: str | None, trust_pic
     return loaded
 
 
-def _load_weights(loaded: Loaded, file: str) -> None:
+def _load_safely(file: str, option: str, missing: str = "", expected: str = "") -> Any:
+    """``torch.load(file, weights_only=True)`` for ``option``, or a CLIError: ``missing`` says what
+    to give instead of a missing file, ``expected`` what the file should hold."""
     path = Path(file)
     if not path.is_file():
-        raise CLIError(f"--weights: no file at {file}")
+        raise CLIError(f"{option}: no file at {file}{missing}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CLIError(
-            f"--weights {file} cannot be loaded with torch.load(weights_only=True) (a state dict of "
-            f"tensors is expected; a pickled whole model is SPEC with --trust-pickle): {_first_line(exc)}"
-        ) from None
+        raise CLIError(f"{option} {file} cannot be loaded with torch.load(weights_only=True){expected}: {_first_line(exc)}") from None
+
+
+def _load_weights(loaded: Loaded, file: str) -> None:
+    state = _load_safely(
+        file, "--weights",
+        expected=" (a state dict of tensors is expected; a pickled whole model is SPEC with --trust-pickle)",
+    )
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CLIError(f"--weights {file} holds a {type(state).__name__}, not a state dict (a dict of tensors)")
     missing, unexpected = _key_mismatch(loaded.model, state)
@@ -345,13 +351,7 @@ def _images(files: Sequence[str], size: int) -> ModelInput:
 
 
 def _tensor_file(file: str) -> ModelInput:
-    path = Path(file)
-    if not path.is_file():
-        raise CLIError(f"--input: no file at {file}; give a shape such as 2x3x224x224 or a .pt file holding a tensor")
-    try:
-        x = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CLIError(f"--input {file} cannot be loaded with torch.load(weights_only=True): {_first_line(exc)}") from None
+    x = _load_safely(file, "--input", missing="; give a shape such as 2x3x224x224 or a .pt file holding a tensor")
     if not isinstance(x, torch.Tensor):
         raise CLIError(f"--input {file} holds a {type(x).__name__}, not a tensor")
     if x.numel() == 0:

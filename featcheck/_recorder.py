@@ -82,6 +82,13 @@ def _flatten(obj: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, to
             yield from _flatten(getattr(obj, f.name), f"{path}[{f.name}]", depth + 1)
 
 
+def _sample_cap(ndim: int, channels: int) -> int:
+    """Positions per channel a sample of rank ``ndim`` (channels first) keeps at most."""
+    if ndim == 2:  # 1-D maps keep their square grid
+        return _SAMPLE_MAX_1D
+    return max(_SAMPLE_MIN_POSITIONS, min(SAMPLE_MAX_POSITIONS, SAMPLE_MAX_VALUES // max(1, channels)))
+
+
 def _sample(t: torch.Tensor, cdim: int | None) -> tuple[torch.Tensor, tuple[int, ...]]:
     if t.ndim == 0:
         return t.detach().reshape(1).to("cpu", torch.float32, copy=True), ()
@@ -94,10 +101,7 @@ def _sample(t: torch.Tensor, cdim: int | None) -> tuple[torch.Tensor, tuple[int,
         s = s.movedim(cdim - 1, 0)
     shape = s.shape
     ndim = len(shape)
-    if ndim == 2:
-        cap = _SAMPLE_MAX_1D
-    else:
-        cap = max(_SAMPLE_MIN_POSITIONS, min(SAMPLE_MAX_POSITIONS, SAMPLE_MAX_VALUES // max(1, shape[0])))
+    cap = _sample_cap(ndim, shape[0])
     steps: tuple[int, ...] = (1,) * (ndim - 1)
     if ndim > 1 and s.numel() > cap * shape[0]:  # more positions than the cap: subsample
         spatial = shape[1:]
@@ -114,13 +118,8 @@ def _first_sample(t: torch.Tensor, address: int, shape: torch.Size, cdim: int | 
     channels-first map, one copy of its leading values into a numpy array (made a tensor at
     commit), about 1 us instead of 8."""
     ndim = len(shape)
-    if _COPY is None or cdim != 1 or ndim < 2:
-        return _sample(t.detach(), cdim)
-    c = shape[1]
-    positions = math.prod(shape[2:])
-    cap = _SAMPLE_MAX_1D if ndim == 3 else max(_SAMPLE_MIN_POSITIONS, min(SAMPLE_MAX_POSITIONS, SAMPLE_MAX_VALUES // max(1, c)))
-    if positions > cap:
-        return _sample(t.detach(), cdim)
+    if _COPY is None or cdim != 1 or ndim < 2 or math.prod(shape[2:]) > _sample_cap(ndim - 1, shape[1]):
+        return _sample(t.detach(), cdim)  # subsampled, or not channels first: torch cuts it
     out = np.empty(shape[1:], np.float32)
     _COPY(address, out)
     return out, (1,) * (ndim - 2)
