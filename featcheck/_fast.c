@@ -724,9 +724,16 @@ static PyObject *chanmerge(PyObject *self, PyObject *args) {
         double wa = n > 0 ? na / n : 0.0, wb = n > 0 ? nb / n : 0.0;
         double big = fabs(ma) > fabs(mb) ? fabs(ma) : fabs(mb);
         double spread = sa > sb ? sa : sb;
-        int e;
-        frexp(big > spread ? big : spread, &e);
-        double k = ldexp(1.0, e < -1022 ? -1022 : e > 1022 ? 1022 : e);
+        double largest = big > spread ? big : spread;
+        double k = 1.0;
+        /* The scale matters only where a square could overflow or underflow: between 2^-300 and
+         * 2^300 no square does, scaling by a power of two is exact, and the result is the scaled
+         * one (frexp and ldexp per channel were most of the merge's cost). */
+        if (!(largest < 0x1p300 && (largest > 0x1p-300 || largest == 0.0))) {
+            int e;
+            frexp(largest, &e);
+            k = ldexp(1.0, e < -1022 ? -1022 : e > 1022 ? 1022 : e);
+        }
         double xa = ma / k, xb = mb / k;
         double mean = wa * xa + wb * xb;
         double da = xa - mean, db = xb - mean, ya = sa / k, yb = sb / k;

@@ -238,7 +238,10 @@ class Recorder:
         self.ops = ops
         self._want_op = want_op
         self._frames: list[tuple[str, bool]] = []
-        self._mode: _ops.OpMode | None = _ops.OpMode(self._on_op) if ops else None
+        # made by attach and dropped by detach: it holds this recorder (its handler), which
+        # holding it for good would make a reference cycle, every record freed only by the
+        # garbage collector (and a full collection every few captures)
+        self._mode: _ops.OpMode | None = None
         self._mode_on = False
         self.module_names: dict[str, None] = {}  # every module of the model (ops on)
         self.unselected_ops: dict[str, None] = {}  # operations seen but not selected (for hints)
@@ -278,6 +281,8 @@ class Recorder:
                 if hooked or self.ops or module is root:
                     entries[id(module)] = _Entry(name, module, leaf, record, hooked, self.ops, module is root)
             self._entries = entries
+            if self.ops:
+                self._mode = _ops.OpMode(self._on_op)
             self._handles.append(_module_hooks.register_module_forward_pre_hook(self._make_pre()))
             self._handles.append(
                 _module_hooks.register_module_forward_hook(self._make_post(), with_kwargs=True, always_call=True)
@@ -396,6 +401,7 @@ class Recorder:
         self._tags.clear()
         if self._depth:
             self._abort()
+        self._mode = None
 
     def _start(self, module: nn.Module) -> bool:
         """The root's call: a forward pass of the model begins, unless the root is calling itself

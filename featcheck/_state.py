@@ -76,8 +76,10 @@ _TensorBase = torch._C.TensorBase
 # The snapshot and the check that nothing changed run once per capture over every module (209 in
 # mobilenet_v3_small) and every tensor: they map C-level callables over flat lists instead of
 # looping in Python, and fall back to the per-module repair only where something did change.
-_registries_of = operator.attrgetter("_parameters", "_buffers", "_modules")
 _dict_of = operator.attrgetter("__dict__")
+_params_of = operator.attrgetter("_parameters")
+_buffers_of = operator.attrgetter("_buffers")
+_modules_of = operator.attrgetter("_modules")
 _version_of = operator.attrgetter("_version")
 _requires_grad_of = operator.attrgetter("requires_grad")
 
@@ -138,6 +140,40 @@ def _flat(group: list[torch.Tensor]) -> torch.Tensor:
     return torch._utils._flatten_dense_tensors(group)
 
 
+class _Flat:
+    """The entries of many dicts (every module's ``__dict__``, or every module's ``_parameters``)
+    in flat lists: a few objects for the garbage collector to track instead of one copy per
+    module (mobilenet_v3_small: 836 copies, about one collection per capture), compared at C
+    speed. ``dicts``: the dicts themselves, compared by identity."""
+
+    __slots__ = ("dicts", "lens", "keys", "values", "filled")
+
+    def __init__(self, dicts: list[dict[str, Any]]) -> None:
+        self.dicts = dicts
+        self.lens = list(map(len, dicts))
+        # most registries are empty (a leaf's submodules): entries are read from the others
+        self.filled = list(itertools.compress(dicts, self.lens))
+        self.keys = list(_chain(self.filled))
+        self.values = list(_chain(map(_values, self.filled)))
+
+    def unchanged(self, dicts: list[dict[str, Any]]) -> bool:
+        """Are ``dicts`` the same dicts holding the same entries, by identity and in order?"""
+        return (
+            all(map(operator.is_, dicts, self.dicts))
+            and list(map(len, dicts)) == self.lens
+            and all(map(operator.is_, _chain(map(_values, self.filled)), self.values))
+            and list(_chain(self.filled)) == self.keys
+        )
+
+    def saved(self) -> list[dict[str, Any]]:
+        """Each dict's entries as they were, one dict per module (for the repair)."""
+        out = []
+        keys, values = iter(self.keys), iter(self.values)
+        for n in self.lens:
+            out.append(dict(zip(itertools.islice(keys, n), itertools.islice(values, n))) if n else {})
+        return out
+
+
 class ModelState:
     """A snapshot of a model's state that :meth:`restore` puts back, touching only what changed."""
 
@@ -148,18 +184,15 @@ class ModelState:
         mods = list(model.modules()) if modules is None else modules
         self._modules = mods
         self._classes = list(map(type, mods))
-        # per module its __dict__, and its _parameters, _buffers and _modules, copied: identity
-        # of every entry is what restore compares, and what it puts back
-        self._attrs = list(map(dict.copy, map(_dict_of, mods)))
-        self._registries = list(_chain(map(_registries_of, mods)))
-        self._saved = list(map(dict.copy, self._registries))
-        self._lens = list(map(len, self._attrs)), list(map(len, self._saved))
-        # most registries are empty (a leaf's submodules, an activation's parameters): the
-        # comparison of entries skips them, the comparison of lengths covers them
-        self._filled = list(itertools.compress(self._registries, self._saved)), list(filter(None, self._saved))
+        # per module its __dict__, and its _parameters, _buffers and _modules, with their entries:
+        # identity of every entry is what restore compares, and what it puts back
+        self._attrs = _Flat(list(map(_dict_of, mods)))
+        self._params = _Flat(list(map(_params_of, mods)))
+        self._buffers = _Flat(list(map(_buffers_of, mods)))
+        self._children = _Flat(list(map(_modules_of, mods)))
         # by id: Tensor.__hash__ is a Python-level call
-        params = {id(p): p for p in _chain(map(_values, self._saved[0::3])) if p is not None}
-        buffers = {id(b): b for b in _chain(map(_values, self._saved[1::3])) if b is not None and id(b) not in params}
+        params = {id(p): p for p in self._params.values if p is not None}
+        buffers = {id(b): b for b in self._buffers.values if b is not None and id(b) not in params}
         tensors = [*params.values(), *buffers.values()]
         self._tensors = tensors
         self._training = list(map(_training_of, mods))
@@ -169,7 +202,7 @@ class ModelState:
         own = {cls for cls in set(self._classes) if not cls.__module__.startswith("torch.nn.")}
         copied = {
             id(p): p
-            for cls, d in zip(self._classes, self._saved[0::3])
+            for cls, d in zip(self._classes, self._params.dicts)
             if cls in own
             for p in d.values()
             if p is not None
@@ -187,8 +220,9 @@ class ModelState:
         it in ``unrestorable`` (and warns)."""
         mods = self._modules
         if list(map(type, mods)) != self._classes or not self._registrations_unchanged():
+            saved = (self._attrs.saved(), self._params.saved(), self._buffers.saved(), self._children.saved())
             for i, m in enumerate(mods):
-                self._restore_module(m, i)
+                self._restore_module(m, i, saved)
         tensors = self._tensors
         # a tensor joins a graph only through an in-place op, which bumps its version
         versions_same = _versions(tensors) == self._versions
@@ -212,38 +246,39 @@ class ModelState:
     def _registrations_unchanged(self) -> bool:
         """Every module holds the same attributes, parameters, buffers and submodules, by
         identity and in the same order (compared at C speed: this runs for every module)."""
+        mods = self._modules
         try:
-            if list(map(_training_of, self._modules)) != self._training:
+            if list(map(_training_of, mods)) != self._training:
                 # train=True flips every flag: put the flags back first, so that the common case
                 # stays on this path rather than the per-module repair
-                for d, flag in zip(map(_dict_of, self._modules), self._training):
+                for d, flag in zip(map(_dict_of, mods), self._training):
                     if d["training"] is not flag:
                         d["training"] = flag
         except (AttributeError, KeyError):  # the flag deleted from a module's __dict__
             return False
-        attrs = list(map(_dict_of, self._modules))
-        if list(map(len, attrs)) != self._lens[0]:
-            return False
-        if not all(map(operator.is_, _chain(map(_values, attrs)), _chain(map(_values, self._attrs)))):
-            return False
-        # the same registry objects (they are entries of __dict__): their entries and names
-        filled, saved = self._filled
+        # the registries are entries of __dict__: the same __dict__ entries, the same registries
         return (
-            list(map(len, self._registries)) == self._lens[1]
-            and all(map(operator.is_, _chain(map(_values, filled)), _chain(map(_values, saved))))
-            and list(_chain(filled)) == list(_chain(saved))
+            self._attrs.unchanged(list(map(_dict_of, mods)))
+            and self._params.unchanged(self._params.dicts)
+            and self._buffers.unchanged(self._buffers.dicts)
+            and self._children.unchanged(self._children.dicts)
         )
 
-    def _restore_module(self, m: nn.Module, i: int) -> None:
+    def _restore_module(self, m: nn.Module, i: int, saved: tuple[list[dict[str, Any]], ...]) -> None:
         cls = self._classes[i]
-        attrs = self._attrs[i]
-        params, buffers, modules = self._saved[3 * i : 3 * i + 3]
+        attrs, params, buffers, modules = (d[i] for d in saved)
         if type(m) is not cls:
             m.__class__ = cls
-        _put_back(m._parameters, params)
-        _put_back(m._buffers, buffers)
-        _put_back(m._modules, modules)
         d = m.__dict__
+        if d is not self._attrs.dicts[i]:  # __dict__ itself replaced
+            d.clear()
+            d.update(attrs)
+        _put_back(self._params.dicts[i], params)
+        _put_back(self._buffers.dicts[i], buffers)
+        _put_back(self._children.dicts[i], modules)
+        for key, registry in (("_parameters", self._params), ("_buffers", self._buffers), ("_modules", self._children)):
+            if d.get(key) is not registry.dicts[i]:
+                d[key] = registry.dicts[i]  # a registry rebound
         if len(d) == len(attrs) and all(map(operator.is_, d.values(), attrs.values())):
             return  # nothing rebound
         d["training"] = attrs["training"]

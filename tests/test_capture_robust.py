@@ -488,3 +488,67 @@ def test_a_compiled_submodule_runs_as_compiled_code_bitwise() -> None:
     assert torch.equal(cap.output, plain) and torch.equal(watched, plain)
     assert "stem" in cap.names and not any(n.startswith("block._orig_mod.") for n in cap.names)
     assert no_common_hooks()  # (torch's compile wrapper holds a forward of its own)
+
+
+# -- the garbage collector ------------------------------------------------------------------------
+
+
+class _CollectorProbe(nn.Module):
+    """Notes whether Python's garbage collector is on while its forward runs."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fail = fail
+        self.seen: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(gc.isenabled())
+        y = torch.relu(self.conv(x))
+        if self.fail:
+            raise RuntimeError("boom")
+        return y
+
+
+def test_capture_pauses_the_garbage_collector_and_leaves_it_as_it_found_it() -> None:
+    x = torch.randn(1, 3, 8, 8)
+    assert gc.isenabled()
+    model = _CollectorProbe()
+    featcheck.capture(model, x)
+    assert model.seen == [False] and gc.isenabled()
+    failing = _CollectorProbe(fail=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        featcheck.capture(failing, x)
+    assert failing.seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        featcheck.capture(model, x)
+        assert not gc.isenabled()  # off as the user left it
+    finally:
+        gc.enable()
+    with featcheck.watch(model) as cap:  # watch's forwards are the user's: the collector is theirs
+        model(x)
+    assert model.seen[-1] is True and cap["conv"].forwards == 1
+
+
+@pytest.mark.parametrize("ops", [True, False])
+def test_a_capture_and_its_records_are_freed_without_the_garbage_collector(ops: bool) -> None:
+    """No reference cycle holds a recorder or its records (a cycle kept every record of a
+    capture with ops, with its samples, until a collection of the oldest generation)."""
+    model = torchvision.models.mobilenet_v3_small(weights=None).eval()
+    x = torch.randn(1, 3, 32, 32)
+    gc.collect()
+    gc.disable()
+    try:
+        cap = featcheck.capture(model, x, ops=ops)
+        refs = [weakref.ref(cap._rec), *(weakref.ref(cap[n]) for n in cap.names)]
+        assert len(refs) > 100
+        del cap
+        assert [r for r in refs if r() is not None] == []
+        with featcheck.watch(model, ops=ops) as cap:
+            model(x)
+        refs = [weakref.ref(cap._rec), *(weakref.ref(cap[n]) for n in cap.names)]
+        del cap
+        assert [r for r in refs if r() is not None] == []
+    finally:
+        gc.enable()

@@ -210,3 +210,36 @@ def test_deepcopy_equivalence_on_a_real_model_in_train_mode() -> None:
     for (n, a), (_, b) in zip([*model.state_dict().items()], [*twin.state_dict().items()]):
         assert torch.equal(a, b), n
     assert [m.training for m in model.modules()] == [m.training for m in twin.modules()]
+
+
+class SwapsItsParts(nn.Module):
+    """forward swaps a child for another, drops a registered buffer, changes its class and
+    replaces its registry of parameters: every kind of registration the snapshot covers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.act = nn.ReLU()
+        self.register_buffer("scale", torch.full((4,), 2.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.conv(x)) * self.scale
+        self.act = nn.Sigmoid()
+        del self._buffers["scale"]
+        self.conv._parameters = {"weight": nn.Parameter(torch.zeros(4, 3, 3, 3)), "bias": None}
+        self.__class__ = _Swapped
+        return y
+
+
+class _Swapped(SwapsItsParts):
+    pass
+
+
+def test_swapped_children_dropped_buffers_replaced_registries_and_class_are_put_back() -> None:
+    model = SwapsItsParts()
+    before = state_of(model)
+    act, weight, registry = model.act, model.conv.weight, model.conv._parameters
+    featcheck.capture(model, torch.randn(1, 3, 6, 6))
+    assert type(model) is SwapsItsParts and model.act is act
+    assert model.conv._parameters is registry and model.conv.weight is weight
+    assert_same_state(before, state_of(model))
