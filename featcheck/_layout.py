@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -124,27 +125,36 @@ def module_rule(module: nn.Module) -> int | None:
     """Which of the rules decides ``module``'s channel axis: :data:`FIRST`, :data:`LAST`,
     :data:`NORM` or :data:`INHERIT`. The rules look at the class only: decided once per class,
     so that hooks pay for the class checks once, not once per call."""
-    cls = type(module)
-    try:
-        return _rules[cls]
-    except KeyError:
-        rule = _rules[cls] = _module_rule(module)
-        return rule
+    return per_class(_module_rule, type(module))
 
 
-_rules: weakref.WeakKeyDictionary[type, int | None] = weakref.WeakKeyDictionary()
+_per_class: dict[tuple[int, int], tuple[weakref.ref[type], Any]] = {}
 
 
-def _module_rule(module: nn.Module) -> int | None:
-    if type(module).__name__ in _CHANNELS_FIRST_NAMES:
+def per_class(fn: Callable[[type], Any], cls: type) -> Any:
+    """``fn(cls)``, computed once per function and class. Classes are not kept alive (a test's
+    local classes come and go): entries are keyed by ids and checked by a weak reference, which
+    drops the entry when the class goes. (A ``WeakKeyDictionary`` lookup makes a weak reference
+    per call: a hook's cost, paid for every module of every capture.)"""
+    key = (id(fn), id(cls))
+    hit = _per_class.get(key)
+    if hit is not None and hit[0]() is cls:
+        return hit[1]
+    value = fn(cls)
+    _per_class[key] = (weakref.ref(cls, lambda _, key=key: _per_class.pop(key, None)), value)
+    return value
+
+
+def _module_rule(cls: type) -> int | None:
+    if cls.__name__ in _CHANNELS_FIRST_NAMES:
         return FIRST
-    if isinstance(module, nn.LayerNorm):
+    if issubclass(cls, nn.LayerNorm):
         return NORM
-    if isinstance(module, _CHANNELS_FIRST):
+    if issubclass(cls, _CHANNELS_FIRST):
         return FIRST
-    if isinstance(module, _CHANNELS_LAST):
+    if issubclass(cls, _CHANNELS_LAST):
         return LAST
-    if isinstance(module, nn.Flatten):
+    if issubclass(cls, nn.Flatten):
         return FIRST
     return INHERIT
 

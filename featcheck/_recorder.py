@@ -113,12 +113,12 @@ def _sample(t: torch.Tensor, cdim: int | None) -> tuple[torch.Tensor, tuple[int,
     return s.to("cpu", torch.float32, copy=True), steps
 
 
-def _first_sample(t: torch.Tensor, address: int, shape: torch.Size, cdim: int | None) -> tuple[Any, tuple[int, ...]]:
-    """``_sample`` of a contiguous float32 CPU map: where it keeps the whole first sample of a
-    channels-first map, one copy of its leading values into a numpy array (made a tensor at
-    commit), about 1 us instead of 8."""
+def _first_sample(t: torch.Tensor, address: int, shape: torch.Size, cdim: int | None, numel: int) -> tuple[Any, tuple[int, ...]]:
+    """``_sample`` of a contiguous float32 CPU map of ``numel`` values: where it keeps the whole
+    first sample of a channels-first map, one copy of its leading values into a numpy array (made
+    a tensor at commit), about 1 us instead of 8."""
     ndim = len(shape)
-    if _COPY is None or cdim != 1 or ndim < 2 or math.prod(shape[2:]) > _sample_cap(ndim - 1, shape[1]):
+    if _COPY is None or cdim != 1 or ndim < 2 or numel // (shape[0] * shape[1]) > _sample_cap(ndim - 1, shape[1]):
         return _sample(t.detach(), cdim)  # subsampled, or not channels first: torch cuts it
     out = np.empty(shape[1:], np.float32)
     _COPY(address, out)
@@ -145,7 +145,15 @@ def _module_bounds(module: nn.Module) -> tuple[float, float] | None:
     return None
 
 
+def _bounded(cls: type) -> bool:
+    """Could a module of this class have known bounds (:func:`_module_bounds`)?"""
+    return issubclass(cls, (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Hardtanh))
+
+
 _UNSET = object()
+_F64 = np.dtype(np.float64)
+_N_ROWS = len(_stats.ROWS)
+_DTYPE_NAMES = {d: str(d) for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
 
 # The exact C kernel for small float32 maps and the copy of their first sample (featcheck/_fast.c),
 # when it was built.
@@ -460,10 +468,15 @@ class Recorder:
         self._tags.clear()
 
     def _bounds_for(self, rname: str, mname: str, module: nn.Module | str) -> tuple[float, float] | None:
-        for pat, b in self._bounds.items():
-            if any(fnmatch.fnmatchcase(n, pat) for n in (rname, mname)):
-                return (float(b[0]), float(b[1]))
-        return _ops.op_bounds(module) if isinstance(module, str) else _module_bounds(module)
+        if self._bounds:
+            for pat, b in self._bounds.items():
+                if any(fnmatch.fnmatchcase(n, pat) for n in (rname, mname)):
+                    return (float(b[0]), float(b[1]))
+        if isinstance(module, str):
+            return _ops.op_bounds(module)
+        if _layout.per_class(_bounded, type(module)):
+            return _module_bounds(module)
+        return None
 
     # operations ----------------------------------------------------------------------
     def _on_op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, out: torch.Tensor) -> None:
@@ -559,16 +572,22 @@ class Recorder:
             sample: Any = None
             if (  # the usual small map: straight to the exact kernel (a hook's cost is its Python)
                 dtype is torch.float32 and t.is_cpu and t.layout is torch.strided and self._on_output is None
-                and _KERNEL is not None and 0 < t.numel() <= _stats._SMALL and t.is_contiguous() and not t.is_nested
+                and _KERNEL is not None and 0 < (numel := t.numel()) <= _stats._SMALL and t.is_contiguous()
+                and not t.is_nested
             ):
                 thr = self._thr.get(rname)
                 if thr is None:
                     thr = self._thr[rname] = _stats._thresholds(rec.bounds, self._tol)
-                block = rec._acc.buffer()
+                acc = rec._acc
+                block = acc._spare  # the array merged last forward (Accumulator.buffer, inline)
+                if block is None:
+                    block = np.empty((_N_ROWS, acc.channels))
+                else:
+                    acc._spare = None
                 address = t.data_ptr()
                 _KERNEL(address, shape, -1 if cdim is None else cdim, block, *thr)
                 if rec.sample is None and self._keep_samples:
-                    sample = _first_sample(t, address, shape, cdim)
+                    sample = _first_sample(t, address, shape, cdim, numel)
             else:
                 why = _unsupported(t)
                 if why:
@@ -581,7 +600,7 @@ class Recorder:
                     if rec.sample is None and self._keep_samples and x.numel():
                         sample = _sample(x, cdim)
             self._pending.append((rec, block, shape, dtype, shape[0] if len(shape) and cdim != 0 else 1, sample))
-            if self.grads is not None:
+            if self.grads is not None and t.requires_grad:
                 self.grads.hook(rec, t, cdim)
         except Exception as e:  # never break the user's forward for a picture or a statistic
             if rec is None:
@@ -609,21 +628,35 @@ class Recorder:
                 pending[i] = (p[0], flat[pos : pos + b.numel()].reshape(b.shape), *p[2:])
                 pos += b.numel()
         input_size = self._input_size
+        merge = _stats._chanmerge
         for rec, block, shape, dtype, samples, sample in pending:
             if block is not None:
-                rec._add(block)
+                blocks = rec._acc._blocks
+                if (
+                    merge is not None and len(blocks) == 1 and block.base is None and block.dtype is _F64
+                    and block.shape == blocks[0].shape
+                ):
+                    # Accumulator.add, inline: the block is a [9, C] array of its own (np.empty's or
+                    # the spare's), and every total an Accumulator keeps is float64 and C-contiguous
+                    merge(blocks[0], block)
+                    rec._acc._spare = block
+                    rec._stats = None
+                else:
+                    rec._add(block)
             rec.samples += samples
             rec.forwards += 1
-            dtype = str(dtype)
+            dtype = _DTYPE_NAMES.get(dtype) or str(dtype)
             if rec.shape != shape or rec.dtype != dtype or rec.input_size != input_size:
                 rec.shape = tuple(shape)  # and what follows from it: the same in most forwards
                 rec.dtype = dtype
                 rec.input_size = input_size
                 spatial = shape[2:] if rec.channel_dim == 1 else rec.spatial  # the usual layout, without a generator
-                if input_size is not None and spatial and len(spatial) == len(input_size):
-                    rec.stride = tuple((i / o) if o else math.inf for i, o in zip(input_size, spatial))
-                else:
+                if input_size is None or not spatial or len(spatial) != len(input_size):
                     rec.stride = None
+                elif len(spatial) == 2 and spatial[0] and spatial[1]:  # images
+                    rec.stride = (input_size[0] / spatial[0], input_size[1] / spatial[1])
+                else:
+                    rec.stride = tuple((i / o) if o else math.inf for i, o in zip(input_size, spatial))
             if sample is not None and rec.sample is None:
                 values, rec.sample_step = sample
                 rec.sample = torch.from_numpy(values) if isinstance(values, np.ndarray) else values

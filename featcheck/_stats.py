@@ -421,13 +421,11 @@ class Accumulator:
     def add(self, block: np.ndarray) -> None:
         """Take one call's block (blocks are fresh arrays or :meth:`buffer`'s, kept without a
         copy: the first becomes the total)."""
-        if block.dtype != np.float64:
-            block = block.astype(np.float64)
+        # every block kept is float64 and C-contiguous (no copy when it is already): the C merge
+        # writes into the total, and the recorder merges its own blocks inline on that promise
+        block = np.ascontiguousarray(block, dtype=np.float64)
         blocks = self._blocks
-        if (
-            _chanmerge is not None and len(blocks) == 1 and block.shape == blocks[0].shape
-            and block.flags.c_contiguous and blocks[0].flags.c_contiguous
-        ):
+        if _chanmerge is not None and len(blocks) == 1 and block.shape == blocks[0].shape:
             _chanmerge(blocks[0], block)
             self._spare = block
             return

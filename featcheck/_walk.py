@@ -126,7 +126,13 @@ def count_params(records: Iterable[LayerCapture]) -> None:
                 n = sum(p.numel() for p in m.parameters())
             else:
                 params = m._parameters
-                n = sum(map(numel, {id(p): p for p in params.values() if p is not None}.values())) if params else 0
+                if not params:
+                    n = 0
+                elif len(params) == 1:
+                    p = next(iter(params.values()))
+                    n = 0 if p is None else p.numel()
+                else:
+                    n = sum(map(numel, {id(p): p for p in params.values() if p is not None}.values()))
             counts[id(m)] = n
         rec._params = n
 

@@ -286,6 +286,25 @@ def test_watch_over_batches_equals_capture_of_the_concatenated_batch() -> None:
     assert torch.equal(cap["conv1"].sample[:, :4, :4], one["conv1"].sample[:, :4, :4])
 
 
+def test_every_record_of_a_watch_equals_the_capture_of_the_concatenated_batch() -> None:
+    """Every record, modules and operations, merged over forwards (small maps: the C kernel's
+    blocks, merged into each record's total at every commit and reused) equals one capture."""
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(weights=None).eval()
+    batches = [torch.randn(n, 3, 40, 40) for n in (2, 3, 1, 2)]
+    with featcheck.watch(model) as cap:
+        with torch.no_grad():
+            for xb in batches:
+                model(xb)
+    one = featcheck.capture(model, torch.cat(batches))
+    assert cap.names == one.names and len(cap.names) > 150 and any(cap[n].op for n in cap.names)
+    for name in cap.names:
+        a, b = cap[name], one[name]
+        assert a.forwards == 4 and a.samples == b.samples
+        for k in ("min", "max", "mean", "std", "zero_fraction", "count", "nonfinite"):
+            np.testing.assert_allclose(a.stats[k], b.stats[k], rtol=1e-4, atol=1e-5, err_msg=f"{name} {k}")
+
+
 # -- geometry and samples -----------------------------------------------------------------------
 
 

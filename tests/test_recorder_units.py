@@ -42,9 +42,40 @@ def test_the_rule_is_decided_by_class_and_gives_what_the_undecided_call_gives(mo
 def test_the_first_sample_copied_in_c_equals_the_torch_cut(shape: tuple[int, ...], cdim: int | None) -> None:
     assert _recorder._COPY is not None, "the C kernel was not built"
     t = torch.randn(shape)
-    values, steps = _recorder._first_sample(t, t.data_ptr(), t.shape, cdim)
+    values, steps = _recorder._first_sample(t, t.data_ptr(), t.shape, cdim, t.numel())
     want, want_steps = _recorder._sample(t, cdim)
     got = torch.from_numpy(values) if not isinstance(values, torch.Tensor) else values
     assert steps == want_steps and got.dtype == torch.float32 and torch.equal(got, want)
     t.zero_()  # a copy, not a view: an in-place write after the hook leaves it as it was
     assert torch.equal(got, want)
+
+
+def test_answers_cached_per_class_keep_no_class_alive_and_follow_each_class() -> None:
+    """A test's local classes come and go: the per-class cache neither keeps them alive nor
+    hands a new class an answer computed for a dead one."""
+    import gc
+    import weakref
+
+    calls: list[type] = []
+
+    def rule(cls: type) -> str:
+        calls.append(cls)
+        return cls.__name__
+
+    def make(name: str) -> type:
+        return type(name, (nn.ReLU,), {})
+
+    first = make("First")
+    assert _layout.per_class(rule, first) == "First" and _layout.per_class(rule, first) == "First"
+    assert calls == [first]
+    gone = weakref.ref(first)
+    calls.clear()
+    del first
+    gc.collect()
+    assert gone() is None
+    for i in range(50):  # new classes, some possibly at the dead one's address
+        cls = make(f"C{i}")
+        assert _layout.per_class(rule, cls) == f"C{i}"
+    assert len(calls) == 50
+    assert _layout.module_rule(nn.Conv2d(1, 1, 1)) == _layout.FIRST
+    assert _layout.module_rule(nn.LayerNorm(4)) == _layout.NORM
