@@ -20,6 +20,9 @@ fixed cost per record shows, in microseconds, each the median of the per-round d
 * per forward under ``watch`` (``watch_modules``, ``watch_ops``: one forward inside an open
   ``featcheck.watch`` block, on its own copy of the model): what each record costs every forward,
   ``(watch forward - bare) / records``.
+* a capture's fixed cost and its cost per record beyond it (``one_layer``: a capture recording
+  only the first layer, with everything else a capture does): fixed ``one_layer - bare``, per
+  record ``(module + op capture - one_layer) / (records - 1)``.
 
     python benchmarks/bench_capture.py [--repeat 7] [--threads N] [--small]
 """
@@ -50,6 +53,7 @@ except ImportError:
 
 VARIANTS = ("bare", "modules", "ops", "clone_all")
 WATCH = ("watch_modules", "watch_ops")  # timed only: their set-up happens outside the timing
+ONE = "one_layer"  # timed only (small case): a capture's fixed cost
 
 
 def setup(small: bool) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -69,6 +73,9 @@ def runner(variant: str, model: torch.nn.Module, x: torch.Tensor) -> Callable[[]
         return lambda: featcheck.capture(model, x, ops=False)
     if variant == "ops":
         return lambda: featcheck.capture(model, x)
+    if variant == ONE:
+        first = next(n for n, m in model.named_modules() if n and next(m.children(), None) is None)
+        return lambda: featcheck.capture(model, x, layers=[first])
     if variant == "torchlens":
         def trace() -> object:  # every operation's output saved (its default), no visualisation
             with torch.no_grad():
@@ -113,7 +120,8 @@ def main() -> None:
         child(args.child, args.small)
         return
     model, x = setup(args.small)
-    variants = list(VARIANTS) + list(WATCH) + (["torchlens"] if torchlens is not None and not args.small else [])
+    variants = list(VARIANTS) + list(WATCH) + ([ONE] if args.small else [])
+    variants += ["torchlens"] if torchlens is not None and not args.small else []
     runs = {v: runner(v, model, x) for v in variants if v not in WATCH}
     records = {"modules": len(featcheck.capture(model, x, ops=False)), "ops": len(featcheck.capture(model, x))}
     blocks = contextlib.ExitStack()
@@ -161,6 +169,12 @@ def main() -> None:
         f"(all records), per forward under watch {extra['watch_ops'] * 1e6:.1f} us (all records), "
         f"{extra['watch_modules'] * 1e6:.1f} us (module records, ops=False)"
     )
+    if args.small:
+        fixed = statistics.median(p - q for p, q in zip(times[ONE], times["bare"]))
+        print(
+            f"a capture's fixed cost {fixed * 1e3:.2f} ms, and {per_record('ops', ONE, records['ops'] - 1) * 1e6:.1f} us "
+            "per record beyond it"
+        )
     print_table(variants, times, mem, width=14, extra=extra)
 
 

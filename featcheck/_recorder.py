@@ -586,7 +586,7 @@ class Recorder:
                     acc._spare = None
                 address = t.data_ptr()
                 _KERNEL(address, shape, -1 if cdim is None else cdim, block, *thr)
-                if rec.sample is None and self._keep_samples:
+                if rec._sample is None and self._keep_samples:
                     sample = _first_sample(t, address, shape, cdim, numel)
             else:
                 why = _unsupported(t)
@@ -597,7 +597,7 @@ class Recorder:
                 else:
                     x = t.detach()
                     block = _stats.reduce(x, cdim, rec.bounds, self._tol, self._scratch)
-                    if rec.sample is None and self._keep_samples and x.numel():
+                    if rec._sample is None and self._keep_samples and x.numel():
                         sample = _sample(x, cdim)
             self._pending.append((rec, block, shape, dtype, shape[0] if len(shape) and cdim != 0 else 1, sample))
             if self.grads is not None and t.requires_grad:
@@ -657,9 +657,8 @@ class Recorder:
                     rec.stride = (input_size[0] / spatial[0], input_size[1] / spatial[1])
                 else:
                     rec.stride = tuple((i / o) if o else math.inf for i, o in zip(input_size, spatial))
-            if sample is not None and rec.sample is None:
-                values, rec.sample_step = sample
-                rec.sample = torch.from_numpy(values) if isinstance(values, np.ndarray) else values
+            if sample is not None and rec._sample is None:
+                rec._sample, rec.sample_step = sample  # a numpy array becomes a tensor when read
 
     def finalize(self) -> None:
         """The inspection is over: read what needs the model (parameter counts) while it lives,

@@ -60,6 +60,14 @@ class LayerCapture:
             broken for it; statistics cover only the outputs that were reduced.
     """
 
+    # slots: a capture makes one per output, during the forward (no __dict__ to allocate, and
+    # one object fewer per record for the garbage collector)
+    __slots__ = (
+        "name", "module_name", "_params", "op", "_module", "module_type", "module_class", "call", "key",
+        "channel_dim", "channels", "bounds", "shape", "dtype", "stride", "input_size", "samples", "forwards",
+        "_sample", "sample_step", "note", "_acc", "_stats", "grad", "grad_note", "__weakref__",
+    )
+
     def __init__(
         self,
         name: str,
@@ -99,7 +107,7 @@ class LayerCapture:
         self.input_size: tuple[int, ...] | None = None
         self.samples = 0
         self.forwards = 0
-        self.sample: torch.Tensor | None = None
+        self._sample: torch.Tensor | np.ndarray | None = None
         self.sample_step: tuple[int, ...] = ()
         self.note = ""
         self._acc = _stats.Accumulator(channels)
@@ -107,6 +115,19 @@ class LayerCapture:
         # the record of d(loss)/d(this output), filled by the gradient hooks (featcheck._grads)
         self.grad: LayerCapture | None = None
         self.grad_note = ""
+
+    @property
+    def sample(self) -> torch.Tensor | None:
+        """First sample of the first call (see the class docstring); the capture may keep it as
+        a numpy array, made a tensor (sharing its memory) when first read."""
+        s = self._sample
+        if type(s) is np.ndarray:
+            s = self._sample = torch.from_numpy(s)
+        return s
+
+    @sample.setter
+    def sample(self, value: torch.Tensor | np.ndarray | None) -> None:
+        self._sample = value
 
     @property
     def params(self) -> int | None:

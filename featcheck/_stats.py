@@ -405,6 +405,7 @@ class Accumulator:
     cost about 50 us per record and forward.
     """
 
+    __slots__ = ("channels", "_blocks", "_spare")
     _BATCH = 64  # blocks held before they are merged (9 x C float64 each), without the C merge
 
     def __init__(self, channels: int) -> None:
