@@ -727,8 +727,10 @@ static PyObject *chanmerge(PyObject *self, PyObject *args) {
         double largest = big > spread ? big : spread;
         double k = 1.0;
         /* The scale matters only where a square could overflow or underflow: between 2^-300 and
-         * 2^300 no square does, scaling by a power of two is exact, and the result is the scaled
-         * one (frexp and ldexp per channel were most of the merge's cost). */
+         * 2^300 none does, scaling by a power of two is exact, and the result is the scaled one
+         * (frexp and ldexp per channel were most of the merge's cost). Only a spread below
+         * 2^-537 next to such a mean underflows here and not there: no data has one, since its
+         * values would differ by far less than their own precision. */
         if (!(largest < 0x1p300 && (largest > 0x1p-300 || largest == 0.0))) {
             int e;
             frexp(largest, &e);

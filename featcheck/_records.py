@@ -60,14 +60,6 @@ class LayerCapture:
             broken for it; statistics cover only the outputs that were reduced.
     """
 
-    # slots: a capture makes one per output, during the forward (no __dict__ to allocate, and
-    # one object fewer per record for the garbage collector)
-    __slots__ = (
-        "name", "module_name", "_params", "op", "_module", "module_type", "module_class", "call", "key",
-        "channel_dim", "channels", "bounds", "shape", "dtype", "stride", "input_size", "samples", "forwards",
-        "_sample", "sample_step", "note", "_acc", "_stats", "grad", "grad_note", "__weakref__",
-    )
-
     def __init__(
         self,
         name: str,

@@ -270,9 +270,9 @@ class ModelState:
         if type(m) is not cls:
             m.__class__ = cls
         d = m.__dict__
-        if d is not self._attrs.dicts[i]:  # __dict__ itself replaced
-            d.clear()
-            d.update(attrs)
+        if d is not self._attrs.dicts[i]:  # __dict__ itself replaced: the module's own put back
+            object.__setattr__(m, "__dict__", self._attrs.dicts[i])  # (the other may be another module's)
+            d = m.__dict__
         _put_back(self._params.dicts[i], params)
         _put_back(self._buffers.dicts[i], buffers)
         _put_back(self._children.dicts[i], modules)
