@@ -6,7 +6,8 @@ The leaf outputs of one forward are kept; then, in each round, every build reduc
 ``--calls`` times, maps and builds interleaved, and each (build, map) gets the median over calls
 of that round. Reported: the total per forward (the sum over the 141 maps) of each build in every
 round and its median over rounds, and per distinct shape the median time of each build and the
-ratio to the reference. The reference is another compiled ``_fast`` (``--reference PATH``), for
+ratio to the reference; then the time of ``chanmerge`` over the blocks of one forward, per
+build, and whether the builds' merged blocks agree bit for bit. The reference is another compiled ``_fast`` (``--reference PATH``), for
 example main's ``_fast.c`` built into a temporary folder:
 
     gcc -O3 -Wall -shared -fPIC $(python3-config --includes) OTHER/_fast.c -o /tmp/ref/_fast.so
@@ -103,6 +104,33 @@ def main() -> None:
         if args.reference:
             line += f" {shape_us('this', idx) / shape_us('reference', idx):5.2f}"
         print(line)
+    merge(builds, maps, lo, hi, bounded, args.rounds)
+
+
+def merge(builds: dict[str, ModuleType], maps: list[torch.Tensor], lo: float, hi: float, bounded: bool, rounds: int) -> None:
+    """``chanmerge`` of every map's block into a total, as ``watch`` merges each forward's blocks
+    at commit: the time per forward of each build, interleaved, and whether they agree bitwise."""
+    blocks = []
+    for x in maps:
+        block = np.empty((len(_stats.ROWS), x.shape[1]))
+        _fast.chanexact_ptr(x.data_ptr(), x.shape, 1, block, lo, hi, bounded)
+        blocks.append(block)
+    times: dict[str, list[float]] = {name: [] for name in builds}
+    merged: dict[str, list[np.ndarray]] = {}
+    for _ in range(rounds):
+        for name, build in builds.items():
+            totals = [b.copy() for b in blocks]
+            t = time.perf_counter()
+            for total, block in zip(totals, blocks):
+                build.chanmerge(total, block)
+            times[name].append(time.perf_counter() - t)
+            merged[name] = totals
+    channels = sum(b.shape[1] for b in blocks)
+    for name in builds:
+        print(f"{name:>10}: chanmerge of {channels} channels per forward, ms " + " ".join(f"{t * 1e3:.3f}" for t in times[name]))
+    if "reference" in merged:
+        same = all(np.array_equal(a, b) for a, b in zip(merged["this"], merged["reference"]))
+        print(f"merged blocks bitwise equal to the reference's: {same}")
 
 
 if __name__ == "__main__":
