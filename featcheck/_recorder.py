@@ -116,7 +116,7 @@ def _sample(t: torch.Tensor, cdim: int | None) -> tuple[torch.Tensor, tuple[int,
 def _first_sample(t: torch.Tensor, address: int, shape: torch.Size, cdim: int | None, numel: int) -> tuple[Any, tuple[int, ...]]:
     """``_sample`` of a contiguous float32 CPU map of ``numel`` values: where it keeps the whole
     first sample of a channels-first map, one copy of its leading values into a numpy array (made
-    a tensor at commit), about 1 us instead of 8."""
+    a tensor when the record's ``sample`` is read), about 1 us instead of 8."""
     ndim = len(shape)
     if _COPY is None or cdim != 1 or ndim < 2 or numel // (shape[0] * shape[1]) > _sample_cap(ndim - 1, shape[1]):
         return _sample(t.detach(), cdim)  # subsampled, or not channels first: torch cuts it
