@@ -151,8 +151,6 @@ def _bounded(cls: type) -> bool:
 
 
 _UNSET = object()
-_F64 = np.dtype(np.float64)
-_N_ROWS = len(_stats.ROWS)
 _DTYPE_NAMES = {d: str(d) for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
 
 # The exact C kernel for small float32 maps and the copy of their first sample (featcheck/_fast.c),
@@ -578,12 +576,7 @@ class Recorder:
                 thr = self._thr.get(rname)
                 if thr is None:
                     thr = self._thr[rname] = _stats._thresholds(rec.bounds, self._tol)
-                acc = rec._acc
-                block = acc._spare  # the array merged last forward (Accumulator.buffer, inline)
-                if block is None:
-                    block = np.empty((_N_ROWS, acc.channels))
-                else:
-                    acc._spare = None
+                block = rec._acc.buffer()
                 address = t.data_ptr()
                 _KERNEL(address, shape, -1 if cdim is None else cdim, block, *thr)
                 if rec._sample is None and self._keep_samples:
@@ -628,21 +621,9 @@ class Recorder:
                 pending[i] = (p[0], flat[pos : pos + b.numel()].reshape(b.shape), *p[2:])
                 pos += b.numel()
         input_size = self._input_size
-        merge = _stats._chanmerge
         for rec, block, shape, dtype, samples, sample in pending:
             if block is not None:
-                blocks = rec._acc._blocks
-                if (
-                    merge is not None and len(blocks) == 1 and block.base is None and block.dtype is _F64
-                    and block.shape == blocks[0].shape
-                ):
-                    # Accumulator.add, inline: the block is a [9, C] array of its own (np.empty's or
-                    # the spare's), and every total an Accumulator keeps is float64 and C-contiguous
-                    merge(blocks[0], block)
-                    rec._acc._spare = block
-                    rec._stats = None
-                else:
-                    rec._add(block)
+                rec._add(block)
             rec.samples += samples
             rec.forwards += 1
             dtype = _DTYPE_NAMES.get(dtype) or str(dtype)

@@ -423,7 +423,7 @@ class Accumulator:
         """Take one call's block (blocks are fresh arrays or :meth:`buffer`'s, kept without a
         copy: the first becomes the total)."""
         # every block kept is float64 and C-contiguous (no copy when it is already): the C merge
-        # writes into the total, and the recorder merges its own blocks inline on that promise
+        # writes into the total
         block = np.ascontiguousarray(block, dtype=np.float64)
         blocks = self._blocks
         if _chanmerge is not None and len(blocks) == 1 and block.shape == blocks[0].shape:
