@@ -101,12 +101,14 @@ def _could_name_op(key: str, modules: Mapping[str, Any]) -> bool:
     return any(_ops.could_name_op(stem, modules) for stem in {key, _RECORD_SUFFIX.sub("", key)})
 
 
-def _check_keys(keys: Any, what: str, model: nn.Module, deferred: list[tuple[str, str]] | None) -> None:
+def _check_keys(
+    keys: Any, what: str, model: nn.Module, deferred: list[tuple[str, str]] | None, walk: _walk.Modules
+) -> None:
     """Keys must name modules; with ops on, a key that names none but could name an operation
     is checked again after the forward against the records (``deferred``)."""
     if not keys:
         return
-    modules = dict(model.named_modules())
+    modules = dict(zip(walk.names, walk.modules))
     names = list(modules)
     for key in keys:
         if not isinstance(key, str):
@@ -200,10 +202,11 @@ def _check_args(
             raise TypeError(f"{name} must be True or False, got {type(value).__name__}: {value!r}")
     checked = _check_bounds(bounds)
     override = _channel_dim_override(channel_dim)
-    _check_keys(checked, "bounds", model, deferred)
+    walk = walk or _walk.Modules(model)
+    _check_keys(checked, "bounds", model, deferred, walk)
     if isinstance(channel_dim, Mapping):
-        _check_keys(channel_dim, "channel_dim", model, deferred)
-    lazy = _walk.lazy_parameters(walk or _walk.Modules(model))
+        _check_keys(channel_dim, "channel_dim", model, deferred, walk)
+    lazy = _walk.lazy_parameters(walk)
     if lazy:
         raise ValueError(
             f"the model has uninitialised lazy parameters ({', '.join(lazy[:3])}): featcheck hands "
@@ -464,9 +467,10 @@ def _recorder(
     """The recorder for one inspection, and its selected modules. A name in ``layers`` that
     matches no module but could name an operation is checked after the forward (``deferred``)."""
     unmatched: list[str] | None = [] if ops else None
+    walk = walk or _walk.Modules(eager)
     selected = select_modules(eager, layers, unmatched, walk)
     if deferred is not None and unmatched:
-        modules = dict(eager.named_modules())
+        modules = dict(zip(walk.names, walk.modules))
         for name in unmatched:
             if not _could_name_op(name, modules):  # the error select_modules raises without ops
                 names = [n for n in modules if n or len(modules) == 1]

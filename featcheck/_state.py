@@ -28,8 +28,8 @@ any earlier graph saved. Inference tensors (a model built under ``torch.inferenc
 written back inside inference mode.
 
 Both run once per capture over every module and tensor, so they are built for it: the snapshot
-is a copy of each module's ``__dict__`` and registries plus flat lists of the tensors' versions
-and flags, and restore first checks, by identity and at C speed (``map`` over flat lists, no
+is the entries of every module's ``__dict__`` and registries in flat lists (no copy per module)
+plus flat lists of the tensors' versions and flags, and restore first checks, by identity and at C speed (``map`` over flat lists, no
 Python loop per module), that nothing differs; only when something does, the module-by-module
 repair runs. A ``train=True`` capture's flags are put back before that check, so that it, too,
 stays on the fast path. The copied values are one flat tensor per device, dtype and rank, made
@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._walk import _chain, _training_of, _values
+from ._walk import _buffers_of, _chain, _modules_of, _params_of, _training_of, _values
 
 __all__ = ["ModelState", "preserved_rng"]
 
@@ -77,9 +77,6 @@ _TensorBase = torch._C.TensorBase
 # mobilenet_v3_small) and every tensor: they map C-level callables over flat lists instead of
 # looping in Python, and fall back to the per-module repair only where something did change.
 _dict_of = operator.attrgetter("__dict__")
-_params_of = operator.attrgetter("_parameters")
-_buffers_of = operator.attrgetter("_buffers")
-_modules_of = operator.attrgetter("_modules")
 _version_of = operator.attrgetter("_version")
 _requires_grad_of = operator.attrgetter("requires_grad")
 
