@@ -145,11 +145,6 @@ def _module_bounds(module: nn.Module) -> tuple[float, float] | None:
     return None
 
 
-def _bounded(cls: type) -> bool:
-    """Could a module of this class have known bounds (:func:`_module_bounds`)?"""
-    return issubclass(cls, (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Hardtanh))
-
-
 _UNSET = object()
 _DTYPE_NAMES = {d: str(d) for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
 
@@ -470,11 +465,7 @@ class Recorder:
             for pat, b in self._bounds.items():
                 if any(fnmatch.fnmatchcase(n, pat) for n in (rname, mname)):
                     return (float(b[0]), float(b[1]))
-        if isinstance(module, str):
-            return _ops.op_bounds(module)
-        if _layout.per_class(_bounded, type(module)):
-            return _module_bounds(module)
-        return None
+        return _ops.op_bounds(module) if isinstance(module, str) else _module_bounds(module)
 
     # operations ----------------------------------------------------------------------
     def _on_op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, out: torch.Tensor) -> None:
