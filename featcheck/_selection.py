@@ -112,14 +112,10 @@ def select(
     chosen: set[str] = set()
     for sel in selectors:
         if isinstance(sel, str):
-            hits = [
-                n
-                for n in names
-                if any(
-                    (fnmatch.fnmatchcase(a, sel) if is_pattern(sel) else a == sel)
-                    for a in ([n, *aliases(n)] if aliases else [n])
-                )
-            ]
+            if not is_pattern(sel):
+                hits = [n for n in names if n == sel or aliases and sel in aliases(n)]
+            else:
+                hits = [n for n in names if any(fnmatch.fnmatchcase(a, sel) for a in ([n, *aliases(n)] if aliases else [n]))]
             if not hits:
                 if unmatched is None:
                     raise not_found(sel, names, where)

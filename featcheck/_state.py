@@ -51,6 +51,11 @@ from torch import nn
 
 from ._walk import _buffers_of, _chain, _modules_of, _params_of, _training_of, _values
 
+try:
+    from . import _snap  # the C loops of _Flat (featcheck/_snap.c), when it was built
+except ImportError:
+    _snap = None
+
 __all__ = ["ModelState", "preserved_rng"]
 
 _set_version = getattr(torch._C._autograd, "_unsafe_set_version_counter", None)
@@ -143,23 +148,29 @@ class _Flat:
     module (mobilenet_v3_small: 836 copies, about one collection per capture), compared at C
     speed. ``dicts``: the dicts themselves, compared by identity."""
 
-    __slots__ = ("dicts", "lens", "keys", "values", "filled")
+    __slots__ = ("dicts", "lens", "keys", "values")
 
     def __init__(self, dicts: list[dict[str, Any]]) -> None:
         self.dicts = dicts
+        if _snap is not None:  # one C pass (featcheck/_snap.c), the same lists
+            self.lens, self.keys, self.values = _snap.entries(dicts)
+            return
         self.lens = list(map(len, dicts))
         # most registries are empty (a leaf's submodules): entries are read from the others
-        self.filled = list(itertools.compress(dicts, self.lens))
-        self.keys = list(_chain(self.filled))
-        self.values = list(_chain(map(_values, self.filled)))
+        filled = list(itertools.compress(dicts, self.lens))
+        self.keys = list(_chain(filled))
+        self.values = list(_chain(map(_values, filled)))
 
     def unchanged(self, dicts: list[dict[str, Any]]) -> bool:
         """Are ``dicts`` the same dicts holding the same entries, by identity and in order?"""
+        if _snap is not None:
+            return _snap.same(dicts, self.dicts, self.lens, self.keys, self.values)
+        filled = itertools.compress(self.dicts, self.lens)
         return (
             all(map(operator.is_, dicts, self.dicts))
             and list(map(len, dicts)) == self.lens
-            and all(map(operator.is_, _chain(map(_values, self.filled)), self.values))
-            and list(_chain(self.filled)) == self.keys
+            and all(map(operator.is_, _chain(map(_values, filled)), self.values))
+            and list(_chain(itertools.compress(self.dicts, self.lens))) == self.keys
         )
 
     def saved(self) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ import torchvision
 from torch import nn
 
 import featcheck
+from featcheck import _state
 from fixtures import models
 from fixtures.hooks import no_common_hooks, no_wrappers
 
@@ -84,6 +85,76 @@ def test_train_mode_capture_puts_running_statistics_back_bitwise() -> None:
 # -- item 2: state that used to stay changed ---------------------------------------------------------
 
 
+@pytest.fixture(params=["C", "Python"])
+def snapshot_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The snapshot's loops over every module's dicts: featcheck/_snap.c's, and the Python ones
+    used where no C compiler built it."""
+    if request.param == "C":
+        assert _state._snap is not None, "featcheck._snap was not built"
+    else:
+        monkeypatch.setattr(_state, "_snap", None)
+    return request.param
+
+
+def test_the_snapshot_loops_in_c_and_python_give_the_same_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = torchvision.models.resnet18()
+    conv, layer = model.conv1, model.layer1[0]
+    saved = {}
+    for loops in ("C", "Python"):
+        if loops == "Python":
+            monkeypatch.setattr(_state, "_snap", None)
+        flat = _state._Flat([m.__dict__ for m in model.modules()])
+        saved[loops] = (flat.lens, flat.keys, flat.values)
+        answers = []
+
+        def check(expected: bool) -> None:
+            answers.append(flat.unchanged([m.__dict__ for m in model.modules()]))
+            assert answers[-1] is expected, (loops, len(answers))
+
+        check(True)
+        stride = conv.stride
+        conv.stride = tuple(list(conv.stride))  # an equal value, another object
+        check(False)
+        conv.stride = stride
+        check(True)
+        conv.__dict__["cache"] = 1
+        check(False)
+        del conv.__dict__["cache"]
+        check(True)
+        training = layer.__dict__.pop("training")  # the same entries in another order
+        layer.__dict__["training"] = training
+        check(False)
+        del layer.__dict__["_parameters"]
+        layer.__dict__["_parameters"] = layer._modules  # another key's value in its place
+        check(False)
+        saved_layer = flat.saved()[list(model.modules()).index(layer)]
+        layer.__dict__.clear()
+        layer.__dict__.update(saved_layer)
+        check(True)
+        d = dict(conv.__dict__)  # an equal dict in its place
+        object.__setattr__(conv, "__dict__", d)
+        check(False)
+        object.__setattr__(conv, "__dict__", flat.dicts[1])
+        check(True)
+        conv.__dict__[7] = None
+        check(False)
+        del conv.__dict__[7]
+        check(True)
+        assert len(saved_layer) > 10
+        keyed = _state._Flat([{7: conv, "a": layer}])  # keys that are not str compare by value
+        assert keyed.unchanged([{7.0: conv, "a": layer}]) is False  # another dict
+        keyed.dicts[0][7.0] = keyed.dicts[0].pop(7)
+        assert keyed.unchanged(keyed.dicts) is False  # moved to the end
+        keyed = _state._Flat([{7: conv}])
+        del keyed.dicts[0][7]
+        keyed.dicts[0][7.0] = conv
+        assert keyed.unchanged(keyed.dicts) is True, loops  # 7.0 == 7, as in Python
+        keyed.dicts[0][7.0] = layer
+        assert keyed.unchanged(keyed.dicts) is False
+    c, py = saved["C"], saved["Python"]
+    assert c[0] == py[0] and c[1] == py[1] and all(a is b for a, b in zip(c[2], py[2])) and len(c[2]) == len(py[2])
+
+
 class Rebinds(nn.Module):
     """forward rebinds a buffer, registers new state lazily and keeps a plain tensor attribute."""
 
@@ -117,7 +188,7 @@ class MutatesItsWeight(nn.Module):
         return x.flatten(1)[:, :3] @ self.weight.T * self.scale
 
 
-def test_rebound_and_lazily_registered_state_is_undone() -> None:
+def test_rebound_and_lazily_registered_state_is_undone(snapshot_loops: str) -> None:
     model = Rebinds()
     before = state_of(model)
     n = model.n
@@ -127,7 +198,7 @@ def test_rebound_and_lazily_registered_state_is_undone() -> None:
     assert not hasattr(model, "lazy_buf") and not hasattr(model, "cache") and not hasattr(model, "extra")
 
 
-def test_a_parameter_and_a_buffer_mutated_in_forward_are_put_back_bitwise() -> None:
+def test_a_parameter_and_a_buffer_mutated_in_forward_are_put_back_bitwise(snapshot_loops: str) -> None:
     model = MutatesItsWeight()
     before = state_of(model)
     featcheck.capture(model, torch.randn(2, 3, 2, 2))
@@ -235,7 +306,7 @@ class _Swapped(SwapsItsParts):
     pass
 
 
-def test_swapped_children_dropped_buffers_replaced_registries_and_class_are_put_back() -> None:
+def test_swapped_children_dropped_buffers_replaced_registries_and_class_are_put_back(snapshot_loops: str) -> None:
     model = SwapsItsParts()
     before = state_of(model)
     act, weight, registry = model.act, model.conv.weight, model.conv._parameters
@@ -259,7 +330,7 @@ class SharesADict(nn.Module):
         return y
 
 
-def test_a_replaced_module_dict_is_put_back_and_the_other_module_left_whole() -> None:
+def test_a_replaced_module_dict_is_put_back_and_the_other_module_left_whole(snapshot_loops: str) -> None:
     model = SharesADict().eval()
     before = state_of(model)
     conv_dict, bn_dict = model.conv.__dict__, model.bn.__dict__
