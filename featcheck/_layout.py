@@ -125,7 +125,12 @@ def module_rule(module: nn.Module) -> int | None:
     """Which of the rules decides ``module``'s channel axis: :data:`FIRST`, :data:`LAST`,
     :data:`NORM` or :data:`INHERIT`. The rules look at the class only: decided once per class,
     so that hooks pay for the class checks once, not once per call."""
-    return per_class(_module_rule, type(module))
+    return class_rule(type(module))
+
+
+def class_rule(cls: type) -> int | None:
+    """:func:`module_rule` of a module of class ``cls``."""
+    return per_class(_module_rule, cls)
 
 
 _per_class: dict[tuple[int, int], tuple[weakref.ref[type], Any]] = {}

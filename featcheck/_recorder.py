@@ -41,7 +41,6 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules import module as _module_hooks
@@ -115,14 +114,15 @@ def _sample(t: torch.Tensor, cdim: int | None) -> tuple[torch.Tensor, tuple[int,
 
 def _first_sample(t: torch.Tensor, address: int, shape: torch.Size, cdim: int | None, numel: int) -> tuple[Any, tuple[int, ...]]:
     """``_sample`` of a contiguous float32 CPU map of ``numel`` values: where it keeps the whole
-    first sample of a channels-first map, one copy of its leading values into a numpy array (made
-    a tensor when the record's ``sample`` is read), about 1 us instead of 8."""
+    first sample of a channels-first map, one copy of its leading bytes (about 0.5 us instead of
+    8), kept as ``(bytearray, shape)`` and made a tensor when the record's ``sample`` is read."""
     ndim = len(shape)
-    if _COPY is None or cdim != 1 or ndim < 2 or numel // (shape[0] * shape[1]) > _sample_cap(ndim - 1, shape[1]):
+    if _BYTES is None or cdim != 1 or ndim < 2 or numel // (shape[0] * shape[1]) > _sample_cap(ndim - 1, shape[1]):
         return _sample(t.detach(), cdim)  # subsampled, or not channels first: torch cuts it
-    out = np.empty(shape[1:], np.float32)
-    _COPY(address, out)
-    return out, (1,) * (ndim - 2)
+    return (_BYTES(address, numel // shape[0] * 4), shape[1:]), _STEPS[ndim]
+
+
+_STEPS = [(1,) * max(0, n - 2) for n in range(64)]  # a sample's steps by the output's rank: all 1
 
 
 def _spatial_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, ...] | None:
@@ -151,7 +151,14 @@ _DTYPE_NAMES = {d: str(d) for d in (torch.float32, torch.float16, torch.bfloat16
 # The exact C kernel for small float32 maps and the copy of their first sample (featcheck/_fast.c),
 # when it was built.
 _KERNEL = _stats._fast.chanexact_ptr if _stats._fast is not None else None
-_COPY = getattr(_stats._fast, "copy_ptr", None)
+_BYTES = getattr(_stats._fast, "bytes_at", None)
+
+# This thread's torch function mode stack, which the hooks take the op mode off and put it back
+# on around every leaf module (see featcheck._ops.push and remove).
+_stack_len = torch._C._len_torch_function_stack
+_stack_at = torch._C._get_function_stack_at
+_stack_pop = torch._C._pop_torch_function_stack
+_stack_push = torch._C._push_on_torch_function_stack
 
 # featcheck's own torch calls are seen by no torch function mode, the user's or its own.
 _quiet = torch._C.DisableTorchFunction
@@ -181,8 +188,9 @@ class _Entry:
 
     __slots__ = ("module", "name", "frame", "pauses", "record", "hooked", "rule", "root")
 
-    def __init__(self, name: str, module: nn.Module, leaf: bool, record: bool, hooked: bool, ops: bool, root: bool) -> None:
-        fused = isinstance(module, _FUSED)
+    def __init__(self, name: str, module: nn.Module, leaf: bool, record: bool, hooked: bool, ops: bool, root: bool, kind: tuple[bool, Any]) -> None:
+        """``kind``: :func:`_kind` of the module's class."""
+        fused, self.rule = kind  # the rule: how its channel axis is decided
         self.module = module  # held while the hooks are attached: its id is the table's key
         self.name = name
         # the frame operations called by its forward are attributed to: (name prefix, recorded?)
@@ -190,8 +198,13 @@ class _Entry:
         self.pauses = ops and (leaf or fused)  # the op mode is off while it runs
         self.record = record  # its outputs are recorded
         self.hooked = hooked  # recorded, or a leaf whose output's channel axis is remembered
-        self.rule = _layout.module_rule(module)  # how its channel axis is decided
         self.root = root  # its calls start and end the model's forward passes
+
+
+def _kind(cls: type) -> tuple[bool, Any]:
+    """What the hooks need of a module's class: whether it is one of torch's fused modules, and
+    :func:`featcheck._layout.module_rule`'s answer."""
+    return issubclass(cls, _FUSED), _layout.class_rule(cls)
 
 
 class Recorder:
@@ -275,12 +288,16 @@ class Recorder:
             self._walk = walk = walk if walk is not None else _walk.Modules(root)
             if self.ops:
                 self.module_names = dict.fromkeys(walk.names)
-            for name, module in zip(walk.names, walk.modules):
-                leaf = not module._modules or not _walk.has_children(module)
+            kinds: dict[type, tuple[bool, Any]] = {}  # per class, asked once per capture
+            for name, module, leaf in zip(walk.names, walk.modules, walk.leaves):
                 record = name in selected
                 hooked = record or (leaf and module is not root)
                 if hooked or self.ops or module is root:
-                    entries[id(module)] = _Entry(name, module, leaf, record, hooked, self.ops, module is root)
+                    cls = type(module)
+                    kind = kinds.get(cls)
+                    if kind is None:
+                        kind = kinds[cls] = _kind(cls)
+                    entries[id(module)] = _Entry(name, module, leaf, record, hooked, self.ops, module is root, kind)
             self._entries = entries
             if self.ops:
                 self._mode = _ops.OpMode(self._on_op)
@@ -316,9 +333,14 @@ class Recorder:
             if not ops or not self._depth:
                 return  # no stack of modules without ops, nor outside a forward of the model
             frames.append(e.frame)
-            if e.pauses and self._mode_on and self._mode is not None:
+            mode = self._mode
+            if e.pauses and self._mode_on and mode is not None:
                 self._mode_on = False
-                _ops.remove(self._mode)
+                n = _stack_len()
+                if n and _stack_at(n - 1) is mode:  # on top: the usual case, without a call
+                    _stack_pop()
+                else:
+                    _ops.remove(mode)
                 frames.append(_PAUSED)
 
         return pre
@@ -336,54 +358,53 @@ class Recorder:
         # do their work, and dynamo breaks the graph around them.
         passes = self._on_output is None
 
+        frames = self._frames
+
         def post(module: nn.Module, args: Any, *rest: Any) -> None:
             # (kwargs, output); (output) alone when torch calls it from its exception handler
             e = entries.get(id(module))
             if e is None or e.module is not module or (_compiling() and passes):
                 return
             out = rest[-1]
+            resume = False
+            if frames:
+                if frames[-1] is _PAUSED:
+                    frames.pop()
+                    resume = True
+                if frames and frames[-1] is e.frame:
+                    frames.pop()
             try:
-                self._post(e, module, args, out)
+                if e.hooked:
+                    self._post(e, module, args, out)
             finally:
+                if resume and self._mode is not None and self._depth:
+                    _stack_push(self._mode)  # the mode back on after a leaf
+                    self._mode_on = True
                 if e.root:
                     self._finish(args, rest[0] if len(rest) == 2 else {}, out)
 
         return post
 
     def _post(self, e: _Entry, module: nn.Module, args: Any, out: Any) -> None:
-        frames = self._frames
-        resume = False
-        if frames:
-            if frames[-1] is _PAUSED:
-                frames.pop()
-                resume = True
-            if frames and frames[-1] is e.frame:
-                frames.pop()
-        try:
-            if not e.hooked:
-                return
-            # featcheck's own torch calls are seen by no torch function mode, the user's or its
-            # own; no torch.no_grad() (2 us a call): everything starts from the output's data
-            with _quiet():
-                if e.record:
-                    name = e.name
-                    calls = self._calls
-                    k = calls.get(name, 0) + 1
-                    calls[name] = k
-                    base = name if k == 1 else f"{name}:{k}"
-                    if isinstance(out, torch.Tensor):
-                        self._record(base, module, name, k, "", out, args, e)
-                    else:
-                        for key, t in _flatten(out):
-                            self._record(base + key, module, name, k, key, t, args, e)
-                elif isinstance(out, torch.Tensor):
-                    self._tags.set(out, _layout.channel_dim(module, args, out, self._tags, e.rule))
-            if not self._depth:
-                self._commit()  # a submodule called on its own, outside a forward of the model
-        finally:
-            if resume and self._mode is not None and self._depth:
-                _ops.push(self._mode)
-                self._mode_on = True
+        """A hooked module's output: recorded, or its channel axis remembered."""
+        # featcheck's own torch calls are seen by no torch function mode, the user's or its
+        # own; no torch.no_grad() (2 us a call): everything starts from the output's data
+        with _quiet():
+            if e.record:
+                name = e.name
+                calls = self._calls
+                k = calls.get(name, 0) + 1
+                calls[name] = k
+                base = name if k == 1 else f"{name}:{k}"
+                if isinstance(out, torch.Tensor):
+                    self._record(base, module, name, k, "", out, args, e)
+                else:
+                    for key, t in _flatten(out):
+                        self._record(base + key, module, name, k, key, t, args, e)
+            elif isinstance(out, torch.Tensor):
+                self._tags.set(out, _layout.channel_dim(module, args, out, self._tags, e.rule))
+        if not self._depth:
+            self._commit()  # a submodule called on its own, outside a forward of the model
 
     def _mode_off(self) -> None:
         if self._mode_on and self._mode is not None:
@@ -630,7 +651,7 @@ class Recorder:
                 else:
                     rec.stride = tuple((i / o) if o else math.inf for i, o in zip(input_size, spatial))
             if sample is not None and rec._sample is None:
-                rec._sample, rec.sample_step = sample  # a numpy array becomes a tensor when read
+                rec._sample, rec.sample_step = sample  # (bytes, shape) become a tensor when read
 
     def finalize(self) -> None:
         """The inspection is over: read what needs the model (parameter counts) while it lives,

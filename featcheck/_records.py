@@ -99,7 +99,7 @@ class LayerCapture:
         self.input_size: tuple[int, ...] | None = None
         self.samples = 0
         self.forwards = 0
-        self._sample: torch.Tensor | np.ndarray | None = None
+        self._sample: torch.Tensor | tuple[bytearray, torch.Size] | None = None
         self.sample_step: tuple[int, ...] = ()
         self.note = ""
         self._acc = _stats.Accumulator(channels)
@@ -111,14 +111,14 @@ class LayerCapture:
     @property
     def sample(self) -> torch.Tensor | None:
         """First sample of the first call (see the class docstring); the capture may keep it as
-        a numpy array, made a tensor (sharing its memory) when first read."""
+        the bytes it copied, made a tensor (sharing their memory) when first read."""
         s = self._sample
-        if type(s) is np.ndarray:
-            s = self._sample = torch.from_numpy(s)
+        if type(s) is tuple:  # (bytearray, shape) as the hook copied it: a tensor sharing its memory
+            s = self._sample = torch.frombuffer(s[0], dtype=torch.float32).view(s[1])
         return s
 
     @sample.setter
-    def sample(self, value: torch.Tensor | np.ndarray | None) -> None:
+    def sample(self, value: torch.Tensor | None) -> None:
         self._sample = value
 
     @property

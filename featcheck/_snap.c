@@ -4,11 +4,15 @@
  * _modules) before the forward and checks after it that every dict is the same dict holding the
  * same entries, by identity and in order (see featcheck/_state.py, whose _Flat this serves). In
  * Python that is several map() passes over a few thousand entries, about 0.3 ms per capture of
- * torchvision's mobilenet_v3_small; here one pass, reading each dict once. Optional, like
- * featcheck._fast: without it _state does the same in Python, with the same answers.
+ * torchvision's mobilenet_v3_small; here one pass, reading each dict once. The buffers' values,
+ * which the snapshot copies and compares bitwise, are copied and compared here too where they are
+ * contiguous CPU tensors (gather, same_bytes). Optional, like featcheck._fast: without it _state
+ * does the same with Python loops and torch kernels, with the same answers.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
+#include <string.h>
 
 /* entries(dicts) -> (lens, keys, values): each dict's length, and every entry's key and value in
  * iteration order, all dicts' entries one after the other. */
@@ -106,7 +110,73 @@ static PyObject *same(PyObject *self, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+/* Addresses and sizes as two lists of ints: checked, and read into plain arrays. */
+static int read_spans(PyObject *ptrs, PyObject *sizes, Py_ssize_t *n, size_t *total) {
+    if (!PyList_Check(ptrs) || !PyList_Check(sizes) || PyList_GET_SIZE(ptrs) != PyList_GET_SIZE(sizes)) {
+        PyErr_SetString(PyExc_TypeError, "expected two lists of ints of the same length (data addresses and sizes)");
+        return -1;
+    }
+    *n = PyList_GET_SIZE(ptrs);
+    *total = 0;
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        Py_ssize_t size = PyLong_AsSsize_t(PyList_GET_ITEM(sizes, i));
+        if (size == -1 && PyErr_Occurred()) return -1;
+        unsigned long long address = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(ptrs, i));
+        if (address == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+        if (size < 0 || (address == 0 && size > 0)) {
+            PyErr_Format(PyExc_ValueError, "span %zd: expected a data address and a size >= 0, got %llu and %zd", i, address, size);
+            return -1;
+        }
+        *total += (size_t)size;
+    }
+    return 0;
+}
+
+/* gather(ptrs, sizes) -> bytes: the bytes at each data address (torch tensors' data_ptr(), of
+ * contiguous CPU tensors the caller keeps alive, sizes their nbytes), one after the other. The
+ * snapshot's copy of the buffers' values: one call instead of a cat or stack per dtype. */
+static PyObject *gather(PyObject *self, PyObject *args) {
+    PyObject *ptrs, *sizes;
+    Py_ssize_t n;
+    size_t total;
+    if (!PyArg_ParseTuple(args, "OO:gather", &ptrs, &sizes) || read_spans(ptrs, sizes, &n, &total) < 0) return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (out == NULL) return NULL;
+    char *dst = PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        size_t size = (size_t)PyLong_AsSsize_t(PyList_GET_ITEM(sizes, i));
+        if (size) memcpy(dst, (const void *)(uintptr_t)PyLong_AsUnsignedLongLong(PyList_GET_ITEM(ptrs, i)), size);
+        dst += size;
+    }
+    return out;
+}
+
+/* same_bytes(ptrs, sizes, saved) -> bool: do the bytes at the addresses equal saved (gather's
+ * answer for spans of these sizes)? */
+static PyObject *same_bytes(PyObject *self, PyObject *args) {
+    PyObject *ptrs, *sizes;
+    Py_buffer saved;
+    Py_ssize_t n;
+    size_t total;
+    if (!PyArg_ParseTuple(args, "OOy*:same_bytes", &ptrs, &sizes, &saved)) return NULL;
+    if (read_spans(ptrs, sizes, &n, &total) < 0) {
+        PyBuffer_Release(&saved);
+        return NULL;
+    }
+    int same = total == (size_t)saved.len;
+    const char *src = (const char *)saved.buf;
+    for (Py_ssize_t i = 0; same && i < n; i++) {
+        size_t size = (size_t)PyLong_AsSsize_t(PyList_GET_ITEM(sizes, i));
+        if (size) same = memcmp((const void *)(uintptr_t)PyLong_AsUnsignedLongLong(PyList_GET_ITEM(ptrs, i)), src, size) == 0;
+        src += size;
+    }
+    PyBuffer_Release(&saved);
+    return PyBool_FromLong(same);
+}
+
 static PyMethodDef methods[] = {
+    {"gather", gather, METH_VARARGS, "The bytes at each data address, one after the other."},
+    {"same_bytes", same_bytes, METH_VARARGS, "Do the bytes at the data addresses equal the saved ones?"},
     {"entries", entries, METH_O, "Each dict's length, and all their keys and values in order, as three lists."},
     {"same", same, METH_VARARGS, "Are these the saved dicts holding the saved entries, by identity and in order?"},
     {NULL, NULL, 0, NULL},

@@ -87,12 +87,22 @@ _requires_grad_of = operator.attrgetter("requires_grad")
 
 
 class _Copies:
-    """Values of the tensors featcheck keeps a copy of, one flat tensor per device, dtype and
-    rank, so that snapshot and comparison cost a few kernels, not one per tensor."""
+    """Values of the tensors featcheck keeps a copy of: contiguous CPU tensors as one bytes object
+    copied and compared by featcheck._snap (one call each), the others one flat tensor per device,
+    dtype and rank, so that snapshot and comparison cost a few kernels, not one per tensor."""
 
     def __init__(self, tensors: list[torch.Tensor]) -> None:
         if any(map(_is_meta_of, tensors)):
             tensors = [t for t in tensors if not t.is_meta]  # they hold no values
+        # contiguous CPU tensors: (tensors, versions, nbytes, dtypes, shapes, their bytes)
+        self.host: tuple[list[torch.Tensor], list[int | None], list[int], list[torch.dtype], list[torch.Size], bytes] | None = None
+        if _snap is not None and tensors:
+            host = _host(tensors)
+            if host:
+                tensors = [t for t in tensors if not _on_host(t)] if len(host) < len(tensors) else []
+                sizes = list(map(_nbytes_of, host))
+                data = _snap.gather(list(map(_data_ptr, host)), sizes)
+                self.host = (host, _versions(host), sizes, list(map(_dtype_of, host)), list(map(_shape_of, host)), data)
         # torch's own grouping (used by the foreach optimizers): one C++ call, not a device and
         # dtype read per tensor
         by_kind = _group_by_device_and_dtype([tensors], False) if tensors else {}
@@ -112,6 +122,8 @@ class _Copies:
         and copies; ``versions_same``: no tensor of the model has a new version."""
         out = []
         with torch.no_grad():
+            if self.host is not None:
+                out += self._host_changed(versions_same)
             for group, versions, flat in self.groups:
                 if (versions_same or _versions(group) == versions) and _same_bits(_flat(group), flat):
                     continue  # a tensor resized in place changes the length: not the same bits
@@ -120,11 +132,58 @@ class _Copies:
                     n = t.numel()
                     copy = flat[pos : pos + n]
                     pos += n
-                    if _version(t) != version or not _equal(t, copy):
+                    if _version(t) != version or not _equal(t, copy.view(t.shape) if copy.numel() == n else copy):
                         out.append((t, version, copy))
         return out
 
+    def _host_changed(self, versions_same: bool) -> list[tuple[torch.Tensor, int | None, torch.Tensor]]:
+        host, versions, sizes, dtypes, shapes, data = self.host  # type: ignore[misc]
+        if (
+            (versions_same or _versions(host) == versions)
+            and len(_host(host)) == len(host)  # still contiguous and on the CPU: their bytes are where data_ptr says
+            and list(map(_nbytes_of, host)) == sizes
+            and _snap.same_bytes(list(map(_data_ptr, host)), sizes, data)
+        ):
+            return []
+        out = []
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+        pos = 0
+        for t, version, size, dtype, shape in zip(host, versions, sizes, dtypes, shapes):
+            copy = raw[pos : pos + size].clone().view(dtype).view(shape)
+            pos += size
+            if _version(t) != version or not _equal(t, copy):
+                out.append((t, version, copy.reshape(-1)))
+        return out
 
+
+def _host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The plain (not subclassed), strided, unquantized, contiguous CPU tensors among ``tensors``,
+    whose bytes lie at ``data_ptr()`` for ``nbytes``: usually all of them (the list itself),
+    decided with a few maps of C-level reads, each asked only where the ones before said yes."""
+    if (
+        all(map(_PLAIN.__contains__, map(type, tensors)))
+        and all(map(operator.is_, map(_layout_of, tensors), itertools.repeat(torch.strided)))
+        and all(map(_is_cpu_of, tensors))
+        and not any(map(_is_quantized_of, tensors))
+        and all(map(_is_contiguous, tensors))
+    ):
+        return tensors
+    return [t for t in tensors if _on_host(t)]
+
+
+def _on_host(t: torch.Tensor) -> bool:
+    return type(t) in _PLAIN and t.layout is torch.strided and t.is_cpu and not t.is_quantized and t.is_contiguous()
+
+
+_PLAIN = frozenset({torch.Tensor, nn.Parameter})
+_layout_of = operator.attrgetter("layout")
+_is_cpu_of = operator.attrgetter("is_cpu")
+_is_quantized_of = operator.attrgetter("is_quantized")
+_is_contiguous = torch.Tensor.is_contiguous
+_data_ptr = torch.Tensor.data_ptr
+_nbytes_of = operator.attrgetter("nbytes")
+_dtype_of = operator.attrgetter("dtype")
+_shape_of = operator.attrgetter("shape")
 _group_by_device_and_dtype = torch._C._group_tensors_by_device_and_dtype
 _dim = torch.Tensor.dim
 _is_meta_of = operator.attrgetter("is_meta")

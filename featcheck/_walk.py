@@ -39,14 +39,16 @@ class Modules:
     Attributes:
         names: qualified names, ``''`` for the root.
         modules: the modules, aligned with ``names``.
+        leaves: for each module, whether it has no submodule (``None`` entries do not count).
         shared: whether some module is reachable under more than one name.
     """
 
-    __slots__ = ("names", "modules", "shared")
+    __slots__ = ("names", "modules", "leaves", "shared")
 
     def __init__(self, model: nn.Module) -> None:
         names: list[str] = []
         modules: list[nn.Module] = []
+        leaves: list[bool] = []
         seen: set[int] = set()
         shared = False
         # an explicit stack instead of named_modules()' nested generators: one frame, not one per
@@ -61,13 +63,17 @@ class Modules:
             names.append(name)
             modules.append(m)
             children = m._modules
+            leaf = True
             if children:
                 dot = f"{name}." if name else ""
                 for n, c in reversed(children.items()):  # popped in registration order
                     if c is not None:
                         stack.append((dot + n, c))
+                        leaf = False
+            leaves.append(leaf)
         self.names = names
         self.modules = modules
+        self.leaves = leaves
         self.shared = shared
 
 
@@ -79,8 +85,8 @@ def default_layers(modules: Modules) -> list[str]:
     """Every leaf module, and every module holding parameters of its own (``nn.MultiheadAttention``);
     not the root when it has children."""
     out = []
-    for name, m, children in zip(modules.names, modules.modules, map(len, map(_modules_of, modules.modules))):
-        if not children or not has_children(m):
+    for name, m, leaf in zip(modules.names, modules.modules, modules.leaves):
+        if leaf:
             out.append(name)
         elif name and m._parameters and any(p is not None for p in m._parameters.values()):
             out.append(name)

@@ -283,6 +283,36 @@ def test_deepcopy_equivalence_on_a_real_model_in_train_mode() -> None:
     assert [m.training for m in model.modules()] == [m.training for m in twin.modules()]
 
 
+class WritesOddBuffers(nn.Module):
+    """forward writes, without bumping a version, buffers of every kind the snapshot copies: a
+    0-d counter, a bool mask, a non-contiguous buffer, and one whose data is rebound."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("count", torch.tensor(3))
+        self.register_buffer("mask", torch.tensor([True, False, True]))
+        self.register_buffer("table", torch.arange(12.0).reshape(3, 4).t())  # not contiguous
+        self.register_buffer("scale", torch.ones(4))
+        self.register_buffer("untouched", torch.randn(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.count.data.add_(1)
+        self.mask.data.logical_not_()
+        self.table.data.mul_(-1)
+        self.scale.data = torch.full((4,), 7.0)  # another storage, the same size
+        return x * self.scale
+
+
+def test_buffers_written_without_a_version_bump_are_put_back_bitwise(snapshot_loops: str) -> None:
+    model = WritesOddBuffers()
+    before = state_of(model)
+    untouched = model.untouched._version
+    featcheck.capture(model, torch.randn(2, 4))
+    assert_same_state(before, state_of(model))
+    assert int(model.count) == 3 and model.mask.tolist() == [True, False, True] and float(model.scale[0]) == 1.0
+    assert not model.table.is_contiguous() and model.untouched._version == untouched
+
+
 class SwapsItsParts(nn.Module):
     """forward swaps a child for another, drops a registered buffer, changes its class and
     replaces its registry of parameters: every kind of registration the snapshot covers."""

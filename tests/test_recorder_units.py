@@ -9,6 +9,7 @@ import torchvision
 from torch import nn
 
 from featcheck import _layout, _recorder
+from featcheck._records import LayerCapture
 
 
 @pytest.mark.parametrize(
@@ -36,18 +37,25 @@ def test_the_rule_is_decided_by_class_and_gives_what_the_undecided_call_gives(mo
 
 
 @pytest.mark.parametrize(
-    "shape,cdim",
-    [((2, 16, 8, 8), 1), ((2, 5), 1), ((2, 300, 33), 1), ((2, 64, 40, 40), 1), ((2, 8, 6), 2), ((3,), None), ((2, 3, 4, 5, 6), 1)],
+    "shape,cdim,copied",
+    [
+        ((2, 16, 8, 8), 1, True), ((2, 5), 1, True), ((2, 300, 33), 1, True), ((2, 3, 4, 5, 6), 1, True),
+        ((2, 64, 40, 40), 1, False), ((2, 8, 6), 2, False), ((3,), None, False),  # subsampled, not channels first
+    ],
 )
-def test_the_first_sample_copied_in_c_equals_the_torch_cut(shape: tuple[int, ...], cdim: int | None) -> None:
-    assert _recorder._COPY is not None, "the C kernel was not built"
+def test_the_first_sample_copied_in_c_equals_the_torch_cut(shape: tuple[int, ...], cdim: int | None, copied: bool) -> None:
+    assert _recorder._BYTES is not None, "the C kernel was not built"
     t = torch.randn(shape)
     values, steps = _recorder._first_sample(t, t.data_ptr(), t.shape, cdim, t.numel())
     want, want_steps = _recorder._sample(t, cdim)
-    got = torch.from_numpy(values) if not isinstance(values, torch.Tensor) else values
+    rec = LayerCapture("x", nn.ReLU(), "x", 1, "", cdim, 1, None)
+    rec._sample = values  # as the hook keeps it: read through the record's sample
+    got = rec.sample
+    assert isinstance(got, torch.Tensor) and rec.sample is got
     assert steps == want_steps and got.dtype == torch.float32 and torch.equal(got, want)
     t.zero_()  # a copy, not a view: an in-place write after the hook leaves it as it was
     assert torch.equal(got, want)
+    assert isinstance(values, tuple) is copied  # the C copy where it keeps the whole first sample
 
 
 def test_answers_cached_per_class_keep_no_class_alive_and_follow_each_class() -> None:
