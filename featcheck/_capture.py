@@ -413,7 +413,7 @@ def capture(
             recorder.attach(eager, selected, walk)
             guard.release()
             with preserved_rng(list(state.tensors())), torch.set_grad_enabled(grad):
-                _walk.set_mode(eager, walk, train)
+                _walk.set_mode(eager, walk, train, state.training, state.classes)  # as the snapshot read them
                 with _quiet_compile_warning(run is not eager):
                     out = run(*args, **kwargs)
                 if recorder.grads is not None and backward is not None:

@@ -278,6 +278,16 @@ class ModelState:
         self._copied = copied
         self._copies = _Copies(list(copied.values()))
 
+    @property
+    def training(self) -> list[bool]:
+        """Every module's ``training`` flag at the snapshot, in ``modules`` order."""
+        return self._training
+
+    @property
+    def classes(self) -> list[type]:
+        """Every module's class at the snapshot."""
+        return self._classes
+
     def tensors(self) -> Iterator[torch.Tensor]:
         """Every parameter and buffer of the model."""
         return iter(self._tensors)
@@ -397,7 +407,9 @@ def preserved_rng(tensors: list[torch.Tensor]) -> Iterator[None]:
     """Restore the global CPU generator, and the CUDA generators of the devices the model uses
     (and any already initialised), after the block."""
     devices: list[int] = []
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if not torch.cuda.is_available():
+        pass  # no tensor is on a CUDA device: none is looked at
+    elif torch.cuda.is_initialized():
         devices = list(range(torch.cuda.device_count()))
     elif any(map(_is_cuda_of, tensors)):  # one attribute read per tensor, not a device object
         devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})

@@ -103,12 +103,17 @@ def lazy_parameters(modules: Modules) -> list[str]:
     return [n for n, p in root.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)]
 
 
-def set_mode(model: nn.Module, modules: Modules, training: bool) -> None:
+def set_mode(
+    model: nn.Module, modules: Modules, training: bool, flags: list[bool] | None = None, classes: list[type] | None = None
+) -> None:
     """``model.train(training)``, skipped when it would change nothing: every module's flag
     already says ``training`` and no module overrides ``train`` (an override is always called,
-    it may do more than set flags)."""
-    if all(map(operator.is_, map(_training_of, modules.modules), itertools.repeat(training))):
-        kinds = set(map(type, modules.modules))
+    it may do more than set flags). ``flags`` and ``classes``: the modules' flags and classes
+    now, when the caller has read them already."""
+    if flags is None:
+        flags = list(map(_training_of, modules.modules))
+    if all(map(operator.is_, flags, itertools.repeat(training))):
+        kinds = set(map(type, modules.modules) if classes is None else classes)
         if all(k.train is nn.Module.train for k in kinds):
             return
     model.train(training)
