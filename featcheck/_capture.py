@@ -267,16 +267,19 @@ class _Interrupts:
     def cleanup(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` (idempotent) to completion despite Ctrl-C, then re-raise a held interrupt."""
         interrupted = False
-        while True:
-            try:
-                self.critical = True
-                fn()
-                break
-            except KeyboardInterrupt:
-                interrupted = True
-        if self._installed and signal.getsignal(signal.SIGINT) == self._handler:
-            signal.signal(signal.SIGINT, self._old)
-        self._installed = False
+        try:
+            while True:
+                try:
+                    self.critical = True
+                    fn()
+                    break
+                except KeyboardInterrupt:
+                    interrupted = True
+        finally:  # also when fn raised something else: Ctrl-C is the user's again
+            self.critical = False
+            if self._installed and signal.getsignal(signal.SIGINT) == self._handler:
+                signal.signal(signal.SIGINT, self._old)
+            self._installed = False
         if interrupted or self.pending:
             raise KeyboardInterrupt
 

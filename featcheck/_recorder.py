@@ -119,10 +119,7 @@ def _first_sample(t: torch.Tensor, address: int, shape: torch.Size, cdim: int | 
     ndim = len(shape)
     if _BYTES is None or cdim != 1 or ndim < 2 or numel // (shape[0] * shape[1]) > _sample_cap(ndim - 1, shape[1]):
         return _sample(t.detach(), cdim)  # subsampled, or not channels first: torch cuts it
-    return (_BYTES(address, numel // shape[0] * 4), shape[1:]), _STEPS[ndim]
-
-
-_STEPS = [(1,) * max(0, n - 2) for n in range(64)]  # a sample's steps by the output's rank: all 1
+    return (_BYTES(address, numel // shape[0] * 4), shape[1:]), (1,) * (ndim - 2)
 
 
 def _spatial_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, ...] | None:

@@ -83,8 +83,9 @@ static PyObject *same(PyObject *self, PyObject *args) {
         Py_ssize_t len = PyLong_AsSsize_t(PyList_GET_ITEM(lens, i));
         if (len == -1 && PyErr_Occurred()) return NULL;
         if (PyDict_GET_SIZE(d) != len || j + len > total) Py_RETURN_FALSE;
-        Py_ssize_t pos = 0;
+        Py_ssize_t pos = 0, end = j + len;
         while (PyDict_Next(d, &pos, &k, &v)) {
+            if (j >= end) Py_RETURN_FALSE; /* more entries than it had (a key's __eq__ changed it) */
             PyObject *k0 = PyList_GET_ITEM(keys, j), *v0 = PyList_GET_ITEM(values, j);
             j++;
             if (v != v0) Py_RETURN_FALSE;
@@ -105,6 +106,7 @@ static PyObject *same(PyObject *self, PyObject *args) {
             if (eq < 0 || PyErr_Occurred()) return NULL;
             if (!eq) Py_RETURN_FALSE;
         }
+        if (j != end) Py_RETURN_FALSE;
     }
     if (j != total) Py_RETURN_FALSE;
     Py_RETURN_TRUE;

@@ -82,6 +82,7 @@ _TensorBase = torch._C.TensorBase
 # mobilenet_v3_small) and every tensor: they map C-level callables over flat lists instead of
 # looping in Python, and fall back to the per-module repair only where something did change.
 _dict_of = operator.attrgetter("__dict__")
+_keys = dict.keys
 _version_of = operator.attrgetter("_version")
 _requires_grad_of = operator.attrgetter("requires_grad")
 
@@ -106,7 +107,7 @@ class _Copies:
         # torch's own grouping (used by the foreach optimizers): one C++ call, not a device and
         # dtype read per tensor
         by_kind = _group_by_device_and_dtype([tensors], False) if tensors else {}
-        self.groups: list[tuple[list[torch.Tensor], list[int | None], torch.Tensor]] = []
+        self.groups: list[tuple[list[torch.Tensor], list[int | None], list[torch.Size], torch.Tensor]] = []
         with torch.no_grad():
             for [group], _ in by_kind.values():
                 ranks = list(map(_dim, group))
@@ -115,7 +116,8 @@ class _Copies:
                     by_rank.setdefault(min(rank, 2), []).append(t)
                 for same in by_rank.values() if by_rank else [group]:
                     flat = _flat(same)
-                    self.groups.append((same, _versions(same), flat.clone() if len(same) == 1 else flat))
+                    shapes = list(map(_shape_of, same))
+                    self.groups.append((same, _versions(same), shapes, flat.clone() if len(same) == 1 else flat))
 
     def changed(self, versions_same: bool) -> list[tuple[torch.Tensor, int | None, torch.Tensor]]:
         """The copied tensors whose values (bitwise) or versions differ now, with their versions
@@ -124,15 +126,15 @@ class _Copies:
         with torch.no_grad():
             if self.host is not None:
                 out += self._host_changed(versions_same)
-            for group, versions, flat in self.groups:
+            for group, versions, shapes, flat in self.groups:
                 if (versions_same or _versions(group) == versions) and _same_bits(_flat(group), flat):
                     continue  # a tensor resized in place changes the length: not the same bits
                 pos = 0
-                for t, version in zip(group, versions):
-                    n = t.numel()
-                    copy = flat[pos : pos + n]
+                for t, version, shape in zip(group, versions, shapes):
+                    n = shape.numel()  # as it was: a tensor resized since must not shift the others
+                    copy = flat[pos : pos + n].view(shape)
                     pos += n
-                    if _version(t) != version or not _equal(t, copy.view(t.shape) if copy.numel() == n else copy):
+                    if _version(t) != version or not _equal(t, copy):
                         out.append((t, version, copy))
         return out
 
@@ -152,7 +154,7 @@ class _Copies:
             copy = raw[pos : pos + size].clone().view(dtype).view(shape)
             pos += size
             if _version(t) != version or not _equal(t, copy):
-                out.append((t, version, copy.reshape(-1)))
+                out.append((t, version, copy))
         return out
 
 
@@ -217,7 +219,9 @@ class _Flat:
         self.lens = list(map(len, dicts))
         # most registries are empty (a leaf's submodules): entries are read from the others
         filled = list(itertools.compress(dicts, self.lens))
-        self.keys = list(_chain(filled))
+        # keys and values both in the dicts' own order, as featcheck/_snap.c reads them (an
+        # OrderedDict iterates in its own, which move_to_end changes)
+        self.keys = list(_chain(map(_keys, filled)))
         self.values = list(_chain(map(_values, filled)))
 
     def unchanged(self, dicts: list[dict[str, Any]]) -> bool:
@@ -229,7 +233,7 @@ class _Flat:
             all(map(operator.is_, dicts, self.dicts))
             and list(map(len, dicts)) == self.lens
             and all(map(operator.is_, _chain(map(_values, filled)), self.values))
-            and list(_chain(itertools.compress(self.dicts, self.lens))) == self.keys
+            and list(_chain(map(_keys, itertools.compress(self.dicts, self.lens)))) == self.keys
         )
 
     def saved(self) -> list[dict[str, Any]]:
@@ -305,15 +309,23 @@ class ModelState:
         versions_same = _versions(tensors) == self._versions
         if not (versions_same and list(map(_requires_grad_of, tensors)) == self._requires_grad):
             self._restore_flags()
-        for t, version, copy in self._copies.changed(versions_same):
-            with torch.inference_mode() if t.is_inference() else torch.no_grad():
-                t.copy_(copy.view(t.shape))
+        for t, version, copy in self._copies.changed(versions_same):  # copies in their saved shapes
+            try:
+                with torch.inference_mode() if t.is_inference() else torch.no_grad():
+                    if t.shape != copy.shape:
+                        t.resize_(copy.shape)  # resized in place by the forward
+                    t.copy_(copy)
+            except RuntimeError:  # a storage that cannot be resized, a conjugate view: say so
+                names = {id(x): n for n, x in _named_tensors(self.model)}
+                self.unrestorable.append(names.get(id(t), "?"))
+                continue
             if version is not None and _set_version is not None:
                 _set_version((t,), (version,))
         if self.unrestorable:
             warnings.warn(
-                "featcheck.capture: the forward pass wrote in place into parameters it keeps no "
-                "copy of (torch.nn layers' weights): " + ", ".join(self.unrestorable[:5])
+                "featcheck.capture: the forward pass wrote in place into tensors it could not put "
+                "back (torch.nn layers' weights, of which it keeps no copy, or a buffer whose "
+                "storage cannot be resized back): " + ", ".join(self.unrestorable[:5])
                 + (f" ({len(self.unrestorable)} in all)" if len(self.unrestorable) > 5 else "")
                 + ". They were left as the forward made them.",
                 RuntimeWarning,

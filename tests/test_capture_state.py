@@ -313,6 +313,46 @@ def test_buffers_written_without_a_version_bump_are_put_back_bitwise(snapshot_lo
     assert not model.table.is_contiguous() and model.untouched._version == untouched
 
 
+class ResizesABuffer(nn.Module):
+    """forward resizes the middle one of three buffers in place; the last one it also writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("a", torch.zeros(3))
+        self.register_buffer("b", torch.arange(12.0).reshape(3, 4))
+        self.register_buffer("c", torch.zeros(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.b.resize_(2)
+        self.c.data.add_(1.0)
+        return x
+
+
+def test_a_buffer_resized_in_place_is_put_back_and_the_others_are_not_shifted(snapshot_loops: str) -> None:
+    model = ResizesABuffer()
+    before = state_of(model)
+    versions = model.a._version
+    featcheck.capture(model, torch.randn(2, 3))
+    assert model.b.shape == (3, 4) and torch.equal(model.b, torch.arange(12.0).reshape(3, 4))
+    assert torch.equal(model.c, torch.zeros(3)) and torch.equal(model.a, torch.zeros(3))
+    assert model.a._version == versions  # never written: it did not change
+    assert_same_state(before, state_of(model))
+
+
+def test_ctrl_c_is_the_users_again_after_a_restore_that_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+
+    def broken(self: object) -> None:
+        raise RuntimeError("restore failed")
+
+    monkeypatch.setattr(_state.ModelState, "restore", broken)
+    with pytest.raises(RuntimeError, match="restore failed"):
+        featcheck.capture(nn.Linear(3, 2), torch.randn(2, 3))
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
 class SwapsItsParts(nn.Module):
     """forward swaps a child for another, drops a registered buffer, changes its class and
     replaces its registry of parameters: every kind of registration the snapshot covers."""
