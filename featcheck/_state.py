@@ -100,7 +100,8 @@ class _Copies:
         if _snap is not None and tensors:
             host = _host(tensors)
             if host:
-                tensors = [t for t in tensors if not _on_host(t)] if len(host) < len(tensors) else []
+                copied = set(map(id, host))  # the rest keep the torch path
+                tensors = [t for t in tensors if id(t) not in copied] if len(host) < len(tensors) else []
                 sizes = list(map(_nbytes_of, host))
                 data = _snap.gather(list(map(_data_ptr, host)), sizes)
                 self.host = (host, _versions(host), sizes, list(map(_dtype_of, host)), list(map(_shape_of, host)), data)
@@ -228,12 +229,12 @@ class _Flat:
         """Are ``dicts`` the same dicts holding the same entries, by identity and in order?"""
         if _snap is not None:
             return _snap.same(dicts, self.dicts, self.lens, self.keys, self.values)
-        filled = itertools.compress(self.dicts, self.lens)
+        filled = list(itertools.compress(self.dicts, self.lens))
         return (
             all(map(operator.is_, dicts, self.dicts))
             and list(map(len, dicts)) == self.lens
             and all(map(operator.is_, _chain(map(_values, filled)), self.values))
-            and list(_chain(map(_keys, itertools.compress(self.dicts, self.lens)))) == self.keys
+            and list(_chain(map(_keys, filled))) == self.keys
         )
 
     def saved(self) -> list[dict[str, Any]]:
