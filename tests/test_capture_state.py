@@ -412,3 +412,18 @@ def test_a_replaced_module_dict_is_put_back_and_the_other_module_left_whole(snap
     assert model.bn.eps == 1e-5 and not hasattr(model.bn, "in_channels")
     with torch.no_grad():
         assert torch.equal(model.conv(x), twin.conv(x))
+
+
+def test_an_ordered_registry_reordered_keeps_each_value_with_its_key(snapshot_loops: str) -> None:
+    """Registries unpickled from old torch are OrderedDicts, whose own order move_to_end changes:
+    the snapshot pairs every key with its own value, whichever order it reads them in."""
+    from collections import OrderedDict
+
+    model = nn.Module()
+    model._buffers = OrderedDict(a=torch.zeros(2), b=torch.ones(2))
+    model._buffers.move_to_end("a")
+    a, b = model._buffers["a"], model._buffers["b"]
+    flat = _state._Flat([model._buffers])
+    assert flat.unchanged([model._buffers])
+    (saved,) = flat.saved()
+    assert saved["a"] is a and saved["b"] is b
