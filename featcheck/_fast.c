@@ -81,27 +81,62 @@ static void row_avx2(const float *p, Py_ssize_t length, stats *st) {
 }
 #endif
 
-/* chanstats(data, A, C, B, out, c0, c1): for channels c0 <= c < c1 of a C-contiguous float32
- * [A, C, B] buffer, writes min, max, sum, sum of squares and the non-zero count to out, a
- * writable float64 buffer of 5 x C (row-major). */
+/* The rendering sample's positions within a row of B values: K int64 offsets, each checked to lie
+ * in [0, B). Returns K, or -1 with an exception set. */
+static Py_ssize_t read_offsets(const Py_buffer *offsets, Py_ssize_t b_n) {
+    if (offsets->len % (Py_ssize_t)sizeof(int64_t) != 0) {
+        PyErr_SetString(PyExc_ValueError, "expected the sample's offsets as int64 values");
+        return -1;
+    }
+    Py_ssize_t k_n = offsets->len / (Py_ssize_t)sizeof(int64_t);
+    const int64_t *off = (const int64_t *)offsets->buf;
+    for (Py_ssize_t k = 0; k < k_n; k++)
+        if (off[k] < 0 || off[k] >= b_n) {
+            PyErr_Format(PyExc_ValueError, "sample offset %lld lies outside a row of %zd values", (long long)off[k], b_n);
+            return -1;
+        }
+    return k_n;
+}
+
+/* Row c of the first sample (a = 0) at the offsets, into sample row c (K floats). */
+static inline void take_row(const float *p, const int64_t *off, Py_ssize_t k_n, float *s) {
+    for (Py_ssize_t k = 0; k < k_n; k++) s[k] = p[off[k]];
+}
+
+/* chanstats(data, A, C, B, out, c0, c1[, sample, offsets]): for channels c0 <= c < c1 of a
+ * C-contiguous float32 [A, C, B] buffer, writes min, max, sum, sum of squares and the non-zero
+ * count to out, a writable float64 buffer of 5 x C (row-major). With sample (a writable float32
+ * buffer of C x K) and offsets (K int64 positions within a row), also copies the rendering sample
+ * of those channels: sample[c, k] = data[0, c, offsets[k]], taken from each row of the first
+ * sample while the pass has it in cache. A separate cut of a large map's sample reads it again
+ * from memory, strided: measured as much time as this whole pass. */
 static PyObject *chanstats(PyObject *self, PyObject *args) {
-    Py_buffer data, out;
-    Py_ssize_t a_n, c_n, b_n, c0, c1;
-    if (!PyArg_ParseTuple(args, "y*nnnw*nn", &data, &a_n, &c_n, &b_n, &out, &c0, &c1))
+    Py_buffer data, out, sample = {0}, offsets = {0};
+    Py_ssize_t a_n, c_n, b_n, c0, c1, k_n = 0;
+    if (!PyArg_ParseTuple(args, "y*nnnw*nn|w*y*", &data, &a_n, &c_n, &b_n, &out, &c0, &c1, &sample, &offsets))
         return NULL;
     if (a_n < 1 || c_n < 1 || b_n < 1 || c0 < 0 || c1 > c_n || c0 > c1 ||
         a_n * c_n * b_n * (Py_ssize_t)sizeof(float) > data.len ||
-        out.len < 5 * c_n * (Py_ssize_t)sizeof(double)) {
-        PyBuffer_Release(&data); PyBuffer_Release(&out);
+        out.len < 5 * c_n * (Py_ssize_t)sizeof(double) || (sample.obj != NULL) != (offsets.obj != NULL)) {
         PyErr_SetString(PyExc_ValueError, "chanstats: buffer sizes do not match A, C, B");
-        return NULL;
+        goto fail;
+    }
+    if (sample.obj != NULL) {
+        k_n = read_offsets(&offsets, b_n);
+        if (k_n < 0) goto fail;
+        if (sample.len < c_n * k_n * (Py_ssize_t)sizeof(float)) {
+            PyErr_SetString(PyExc_ValueError, "chanstats: the sample buffer holds fewer than C x K floats");
+            goto fail;
+        }
     }
     const float *x = (const float *)data.buf;
     double *o = (double *)out.buf;
+    float *smp = (float *)sample.buf;
+    const int64_t *off = (const int64_t *)offsets.buf;
     stats *acc = PyMem_RawMalloc((size_t)(c1 - c0 + 1) * sizeof(stats));
     if (acc == NULL) {
-        PyBuffer_Release(&data); PyBuffer_Release(&out);
-        return PyErr_NoMemory();
+        PyErr_NoMemory();
+        goto fail;
     }
     Py_BEGIN_ALLOW_THREADS
 #ifdef FC_X86
@@ -114,9 +149,11 @@ static PyObject *chanstats(PyObject *self, PyObject *args) {
         for (Py_ssize_t c = c0; c < c1; c++) {
             const float *p = x + (a * c_n + c) * b_n;
 #ifdef FC_X86
-            if (wide) { row_avx2(p, b_n, &acc[c - c0]); continue; }
+            if (wide) row_avx2(p, b_n, &acc[c - c0]);
+            else
 #endif
             row_scalar(p, b_n, &acc[c - c0]);
+            if (a == 0 && k_n) take_row(p, off, k_n, smp + c * k_n);
         }
     }
     for (Py_ssize_t c = c0; c < c1; c++) {
@@ -126,7 +163,13 @@ static PyObject *chanstats(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     PyMem_RawFree(acc);
     PyBuffer_Release(&data); PyBuffer_Release(&out);
+    if (sample.obj != NULL) { PyBuffer_Release(&sample); PyBuffer_Release(&offsets); }
     Py_RETURN_NONE;
+fail:
+    PyBuffer_Release(&data); PyBuffer_Release(&out);
+    if (sample.obj != NULL) PyBuffer_Release(&sample);
+    if (offsets.obj != NULL) PyBuffer_Release(&offsets);
+    return NULL;
 }
 
 /* chanexact(data, A, C, B, out, lo, hi, bounded, idx): the exact block of channels of a
@@ -701,6 +744,39 @@ static PyObject *bytes_at(PyObject *self, PyObject *const *args, Py_ssize_t narg
     return PyByteArray_FromStringAndSize(n ? (const char *)(uintptr_t)address : NULL, n);
 }
 
+/* rows_at(address, C, B, offsets) -> bytearray: the rendering sample of the C-contiguous float32
+ * map at address (a torch tensor's data_ptr(), which the caller keeps alive and vouches holds at
+ * least C x B values: its first sample, C channels of B values each), at K offsets within each
+ * channel's B values: C x K floats, channel after channel. A subsampled first sample in one call,
+ * for maps that do not take chanstats (whose pass copies it itself). */
+static PyObject *rows_at(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "rows_at(address, C, B, offsets): expected 4 arguments");
+        return NULL;
+    }
+    unsigned long long address = PyLong_AsUnsignedLongLong(args[0]);
+    if (address == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t c_n = PyLong_AsSsize_t(args[1]);
+    if (c_n == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t b_n = PyLong_AsSsize_t(args[2]);
+    if (b_n == -1 && PyErr_Occurred()) return NULL;
+    if (address == 0 || c_n < 0 || b_n < 1) {
+        PyErr_Format(PyExc_ValueError, "rows_at: expected a data address, C >= 0 and B >= 1, got %llu, %zd and %zd", address, c_n, b_n);
+        return NULL;
+    }
+    Py_buffer offsets;
+    if (PyObject_GetBuffer(args[3], &offsets, PyBUF_SIMPLE) < 0) return NULL;
+    Py_ssize_t k_n = read_offsets(&offsets, b_n);
+    PyObject *out = k_n < 0 ? NULL : PyByteArray_FromStringAndSize(NULL, c_n * k_n * (Py_ssize_t)sizeof(float));
+    if (out != NULL) {
+        const float *x = (const float *)(uintptr_t)address;
+        float *s = (float *)PyByteArray_AS_STRING(out);
+        for (Py_ssize_t c = 0; c < c_n; c++) take_row(x + c * b_n, (const int64_t *)offsets.buf, k_n, s + c * k_n);
+    }
+    PyBuffer_Release(&offsets);
+    return out;
+}
+
 /* chanmerge(total, block): merges one [9, C] float64 statistics block into another, in place
  * (rows n, mean, sd, min, max, zeros, nonfinite, at_lower, at_upper; see _stats.ROWS): Chan et
  * al.'s parallel update, computed as _stats.Accumulator's merge computes it for two blocks (the
@@ -761,6 +837,7 @@ static PyMethodDef methods[] = {
     {"chanexact_ptr", (PyCFunction)(void (*)(void))chanexact_ptr, METH_FASTCALL, "chanexact of C-contiguous float32 data at an address, with channels on one dimension."},
     {"chanmerge", chanmerge, METH_VARARGS, "Merge one [9, C] float64 statistics block into another, in place."},
     {"bytes_at", (PyCFunction)(void (*)(void))bytes_at, METH_FASTCALL, "A bytearray copy of nbytes bytes at a data address."},
+    {"rows_at", (PyCFunction)(void (*)(void))rows_at, METH_FASTCALL, "A first sample's values at offsets within each channel, as a bytearray."},
     {"chanstats", chanstats, METH_VARARGS, "Per-channel min, max, sum, sum of squares and non-zero count."},
     {"chanexact", chanexact, METH_VARARGS, "Exact per-channel statistics block of float32 data."},
     {NULL, NULL, 0, NULL},

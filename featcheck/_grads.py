@@ -294,11 +294,8 @@ class Gradients:
                     self._task = task
                     if task != _NO_TASK:
                         torch.autograd.Variable._execution_engine.queue_callback(self._commit)
-                x = g.detach()
-                block = _stats.reduce(x, cdim, None, 0.0, self._scratch)
-                sample = None
-                if self.keep_samples and x.numel() and (rec.grad is None or rec.grad.sample is None):
-                    sample = _recorder._sample(x, cdim)
+                want = self.keep_samples and (rec.grad is None or rec.grad.sample is None)
+                block, sample = _recorder._reduce(g, cdim, None, 0.0, self._scratch, want)
                 samples = shape[0] if len(shape) >= 1 and cdim != 0 else 1
                 self._pending.append((rec, block, shape, dtype, samples, sample))
                 if task == _NO_TASK:

@@ -45,20 +45,11 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module_hooks
 
-from . import _config, _grads, _layout, _ops, _stats, _walk
+from . import _config, _grads, _layout, _ops, _samples, _stats, _walk
 from ._records import LayerCapture
 
 __all__ = ["Recorder"]
 
-# The rendering sample is subsampled with a regular step (LayerCapture.sample_step says by how
-# much) to at most SAMPLE_MAX_POSITIONS positions per channel (32 x 32 for images) and about
-# SAMPLE_MAX_VALUES values per layer, but never below 8 x 8: copying it is part of every hook's
-# cost, measured at 21 ms per resnet50 capture before the per-layer budget. 1-D maps (signals,
-# token sequences, which must keep their square grid) keep up to 4096 positions.
-SAMPLE_MAX_POSITIONS = 1024
-SAMPLE_MAX_VALUES = 1 << 16
-_SAMPLE_MIN_POSITIONS = 64
-_SAMPLE_MAX_1D = 4096
 _MAX_KEY_DEPTH = 8
 
 
@@ -81,45 +72,18 @@ def _flatten(obj: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, to
             yield from _flatten(getattr(obj, f.name), f"{path}[{f.name}]", depth + 1)
 
 
-def _sample_cap(ndim: int, channels: int) -> int:
-    """Positions per channel a sample of rank ``ndim`` (channels first) keeps at most."""
-    if ndim == 2:  # 1-D maps keep their square grid
-        return _SAMPLE_MAX_1D
-    return max(_SAMPLE_MIN_POSITIONS, min(SAMPLE_MAX_POSITIONS, SAMPLE_MAX_VALUES // max(1, channels)))
-
-
-def _sample(t: torch.Tensor, cdim: int | None) -> tuple[torch.Tensor, tuple[int, ...]]:
-    if t.ndim == 0:
-        return t.detach().reshape(1).to("cpu", torch.float32, copy=True), ()
-    s = t.detach()[0]
-    if cdim is None:
-        if s.ndim == 0:
-            return s.reshape(1).to("cpu", torch.float32, copy=True), ()
-        s = s.unsqueeze(0)  # an operation's output without channels (a mean over them): one
-    elif cdim != 1:
-        s = s.movedim(cdim - 1, 0)
-    shape = s.shape
-    ndim = len(shape)
-    cap = _sample_cap(ndim, shape[0])
-    steps: tuple[int, ...] = (1,) * (ndim - 1)
-    if ndim > 1 and s.numel() > cap * shape[0]:  # more positions than the cap: subsample
-        spatial = shape[1:]
-        side = max(1, int(cap ** (1 / len(spatial))))
-        steps = tuple(max(1, math.ceil(n / side)) for n in spatial)
-        s = s[(slice(None), *(slice(None, None, st) for st in steps))]
-    if s.is_cpu and s.dtype is torch.float32:
-        return s.clone(), steps
-    return s.to("cpu", torch.float32, copy=True), steps
-
-
-def _first_sample(t: torch.Tensor, address: int, shape: torch.Size, cdim: int | None, numel: int) -> tuple[Any, tuple[int, ...]]:
-    """``_sample`` of a contiguous float32 CPU map of ``numel`` values: where it keeps the whole
-    first sample of a channels-first map, one copy of its leading bytes (about 0.5 us instead of
-    8), kept as ``(bytearray, shape)`` and made a tensor when the record's ``sample`` is read."""
-    ndim = len(shape)
-    if _BYTES is None or cdim != 1 or ndim < 2 or numel // (shape[0] * shape[1]) > _sample_cap(ndim - 1, shape[1]):
-        return _sample(t.detach(), cdim)  # subsampled, or not channels first: torch cuts it
-    return (_BYTES(address, numel // shape[0] * 4), shape[1:]), (1,) * (ndim - 2)
+def _reduce(
+    t: torch.Tensor, cdim: int | None, bounds: tuple[float, float] | None, tol: float, scratch: _stats.Scratch, want_sample: bool
+) -> tuple[Any, Any]:
+    """An output's statistics block, and its rendering sample when ``want_sample`` (else None):
+    where the statistics kernel makes a pass over the data, it copies the sample in the same pass
+    (see featcheck._samples). Gradients' records take the same path."""
+    x = t.detach()
+    if not want_sample or not x.numel():
+        return _stats.reduce(x, cdim, bounds, tol, scratch), None
+    rows = _samples.rows(x, cdim)
+    block = _stats.reduce(x, cdim, bounds, tol, scratch, rows)
+    return block, rows.take() if rows is not None else _samples.cut(x, cdim)
 
 
 def _spatial_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, ...] | None:
@@ -145,10 +109,8 @@ def _module_bounds(module: nn.Module) -> tuple[float, float] | None:
 _UNSET = object()
 _DTYPE_NAMES = {d: str(d) for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
 
-# The exact C kernel for small float32 maps and the copy of their first sample (featcheck/_fast.c),
-# when it was built.
+# The exact C kernel for small float32 maps (featcheck/_fast.c), when it was built.
 _KERNEL = _stats._fast.chanexact_ptr if _stats._fast is not None else None
-_BYTES = getattr(_stats._fast, "bytes_at", None)
 
 # This thread's torch function mode stack, which the hooks take the op mode off and put it back
 # on around every leaf module (see featcheck._ops.push and remove).
@@ -589,7 +551,7 @@ class Recorder:
                 address = t.data_ptr()
                 _KERNEL(address, shape, -1 if cdim is None else cdim, block, *thr)
                 if rec._sample is None and self._keep_samples:
-                    sample = _first_sample(t, address, shape, cdim, numel)
+                    sample = _samples.first(t, address, shape, cdim, numel)
             else:
                 why = _unsupported(t)
                 if why:
@@ -597,10 +559,7 @@ class Recorder:
                 elif self._on_output is not None:
                     self._on_output(rec, t, args)
                 else:
-                    x = t.detach()
-                    block = _stats.reduce(x, cdim, rec.bounds, self._tol, self._scratch)
-                    if rec._sample is None and self._keep_samples and x.numel():
-                        sample = _sample(x, cdim)
+                    block, sample = _reduce(t, cdim, rec.bounds, self._tol, self._scratch, rec._sample is None and self._keep_samples)
             self._pending.append((rec, block, shape, dtype, shape[0] if len(shape) and cdim != 0 else 1, sample))
             if self.grads is not None and t.requires_grad:
                 self.grads.hook(rec, t, cdim)

@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -232,24 +234,28 @@ _KERNEL_SPLIT = 1 << 22
 _pool: ThreadPoolExecutor | None = None
 
 
-def _kernel(v: torch.Tensor) -> np.ndarray | None:
+def _kernel(v: torch.Tensor, sample: Any = None) -> np.ndarray | None:
     """``[5, C]`` per-channel min, max, sum, sum of squares and non-zero count from one pass of
-    the C kernel, or ``None`` where it does not apply (no kernel, short rows, not contiguous)."""
+    the C kernel, or ``None`` where it does not apply (no kernel, short rows, not contiguous).
+    ``sample``: a ``featcheck._samples.Rows`` of ``v``'s map, which the pass fills too."""
     global _pool
     if _fast is None or v.shape[2] < _KERNEL_MIN_ROW or not v.is_contiguous():
         return None
     a, c, b = v.shape
     data = v.numpy()
     out = np.empty((5, c))
+    extra = () if sample is None or sample.per != b or sample.channels != c else (sample.buffer, sample.offsets)
     if v.numel() >= _KERNEL_SPLIT and c >= 2 and torch.get_num_threads() > 1:
         if _pool is None:
             _pool = ThreadPoolExecutor(1, thread_name_prefix="featcheck")
         half = c // 2
-        other = _pool.submit(_fast.chanstats, data, a, c, b, out, half, c)
-        _fast.chanstats(data, a, c, b, out, 0, half)
+        other = _pool.submit(_fast.chanstats, data, a, c, b, out, half, c, *extra)
+        _fast.chanstats(data, a, c, b, out, 0, half, *extra)
         other.result()
     else:
-        _fast.chanstats(data, a, c, b, out, 0, c)
+        _fast.chanstats(data, a, c, b, out, 0, c, *extra)
+    if extra:
+        sample.filled = True
     return out
 
 
@@ -294,8 +300,10 @@ def reduce_fast(
     bounds: tuple[float, float] | None = None,
     tol: float = 0.0,
     scratch: Scratch | None = None,
+    sample: Any = None,
 ) -> np.ndarray:
-    """The CPU fast path for a non-empty map; channels it cannot get right go to the exact path."""
+    """The CPU fast path for a non-empty map; channels it cannot get right go to the exact path.
+    ``sample``: see :func:`reduce`."""
     v = _view3(x, cdim)
     if _work_dtype(v.dtype) != torch.float32:
         return _exact(v, bounds, tol).numpy()
@@ -303,7 +311,7 @@ def reduce_fast(
     exact_kernel = _fast is not None and v.is_contiguous()
     if exact_kernel and v.numel() <= _SMALL:
         return _exact_kernel(v, bounds, tol)
-    fused = _kernel(v)
+    fused = _kernel(v, sample)
     if fused is not None:
         mn, mx, s, sq, nonzero = fused
     else:
@@ -360,6 +368,7 @@ def reduce(
     bounds: tuple[float, float] | None = None,
     tol: float = 0.0,
     scratch: Scratch | None = None,
+    sample: Any = None,
 ) -> np.ndarray | torch.Tensor:
     """A ``[len(ROWS), C]`` float64 block: numpy on the CPU, a device tensor elsewhere.
 
@@ -371,6 +380,8 @@ def reduce(
         bounds: ``(low, high)`` output bounds whose neighbourhoods are counted, or ``None``.
         tol: the neighbourhood of a bound, as a fraction of ``high - low``.
         scratch: a buffer reused across calls on the CPU.
+        sample: a ``featcheck._samples.Rows`` of ``x``, which the C kernel's pass fills (and marks
+            ``filled``) where it runs; left as it is otherwise.
 
     Raises:
         TypeError: for tensors without per-channel real values (complex, sparse and other
@@ -390,7 +401,7 @@ def reduce(
     if x.numel() == 0:
         return _empty_block(channels, x.device)
     if x.device.type == "cpu":
-        return reduce_fast(x, cdim, bounds, tol, scratch)
+        return reduce_fast(x, cdim, bounds, tol, scratch, sample)
     return reduce_robust(x, cdim, bounds, tol)
 
 

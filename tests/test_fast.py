@@ -159,3 +159,31 @@ def test_bad_arguments_raise_clear_errors() -> None:
     out.flags.writeable = False
     with pytest.raises((BufferError, ValueError)):
         f(x.data_ptr(), x.shape, 1, out, 0.0, 0.0, False)
+
+
+def test_the_sample_arguments_are_checked_before_any_value_is_read() -> None:
+    """chanstats' and rows_at's offsets must lie within a row, and the sample buffer hold C x K
+    floats: an offset read past the row would read another channel's values, or past the map."""
+    x = torch.randn(2, 3, 20)
+    data = x.numpy()
+    out = np.empty((5, 3))
+    offsets = np.array([0, 5, 19], dtype=np.int64)
+    sample = bytearray(3 * 3 * 4)
+    _stats._fast.chanstats(data, 2, 3, 20, out, 0, 3, sample, offsets)
+    np.testing.assert_array_equal(np.frombuffer(sample, dtype=np.float32).reshape(3, 3), x[0, :, [0, 5, 19]].numpy())
+    np.testing.assert_array_equal(np.frombuffer(_stats._fast.rows_at(x.data_ptr(), 3, 20, offsets), dtype=np.float32), np.frombuffer(sample, dtype=np.float32))
+    for bad in (np.array([0, 20], dtype=np.int64), np.array([-1], dtype=np.int64)):
+        with pytest.raises(ValueError, match="outside a row of 20 values"):
+            _stats._fast.chanstats(data, 2, 3, 20, out, 0, 3, sample, bad)
+        with pytest.raises(ValueError, match="outside a row of 20 values"):
+            _stats._fast.rows_at(x.data_ptr(), 3, 20, bad)
+    with pytest.raises(ValueError, match="int64"):
+        _stats._fast.rows_at(x.data_ptr(), 3, 20, np.array([0, 1, 2], dtype=np.int32)[:3].tobytes()[:6])
+    with pytest.raises(ValueError, match="fewer than C x K floats"):
+        _stats._fast.chanstats(data, 2, 3, 20, out, 0, 3, bytearray(8), offsets)
+    with pytest.raises(ValueError, match="buffer sizes"):
+        _stats._fast.chanstats(data, 2, 3, 20, out, 0, 3, sample)  # a sample without its offsets
+    with pytest.raises(ValueError, match="data address"):
+        _stats._fast.rows_at(0, 3, 20, offsets)
+    with pytest.raises(TypeError, match="expected 4 arguments"):
+        _stats._fast.rows_at(x.data_ptr(), 3, 20)

@@ -3,12 +3,14 @@ and the first sample copied in C rather than cut out with torch."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from featcheck import _layout, _recorder
+import featcheck
+from featcheck import _layout, _samples, _stats
 from featcheck._records import LayerCapture
 
 
@@ -40,14 +42,15 @@ def test_the_rule_is_decided_by_class_and_gives_what_the_undecided_call_gives(mo
     "shape,cdim,copied",
     [
         ((2, 16, 8, 8), 1, True), ((2, 5), 1, True), ((2, 300, 33), 1, True), ((2, 3, 4, 5, 6), 1, True),
-        ((2, 64, 40, 40), 1, False), ((2, 8, 6), 2, False), ((3,), None, False),  # subsampled, not channels first
+        ((2, 64, 40, 40), 1, True), ((2, 7, 70, 3), 1, True), ((2, 2, 5000), 1, True), ((2, 3, 9, 40, 40), 1, True),  # subsampled
+        ((2, 8, 6), 2, False), ((3,), None, False),  # not channels first: torch cuts it
     ],
 )
 def test_the_first_sample_copied_in_c_equals_the_torch_cut(shape: tuple[int, ...], cdim: int | None, copied: bool) -> None:
-    assert _recorder._BYTES is not None, "the C kernel was not built"
+    assert _samples._BYTES is not None and _samples._ROWS is not None, "the C kernel was not built"
     t = torch.randn(shape)
-    values, steps = _recorder._first_sample(t, t.data_ptr(), t.shape, cdim, t.numel())
-    want, want_steps = _recorder._sample(t, cdim)
+    values, steps = _samples.first(t, t.data_ptr(), t.shape, cdim, t.numel())
+    want, want_steps = _samples.cut(t, cdim)
     rec = LayerCapture("x", nn.ReLU(), "x", 1, "", cdim, 1, None)
     rec._sample = values  # as the hook keeps it: read through the record's sample
     got = rec.sample
@@ -56,6 +59,48 @@ def test_the_first_sample_copied_in_c_equals_the_torch_cut(shape: tuple[int, ...
     t.zero_()  # a copy, not a view: an in-place write after the hook leaves it as it was
     assert torch.equal(got, want)
     assert isinstance(values, tuple) is copied  # the C copy where it keeps the whole first sample
+
+
+@pytest.mark.parametrize(
+    "shape,fills",
+    [
+        ((4, 64, 72, 72), True),  # a large map: the statistics kernel's pass copies the sample
+        ((2, 24, 96, 16, 18), True),  # 3-D spatial
+        ((2, 3000, 400), True),  # 1-D maps keep up to 4096 positions
+        ((2, 64, 128, 256), True),  # split across two threads where torch has more than one
+        ((2, 1024, 1, 1024), True),
+        ((2, 16, 8, 8), False),  # small: the exact kernel, no pass of chanstats; copied by address after
+        ((3, 100000, 4), False),  # rows of 4 values: too short for the kernel
+    ],
+)
+def test_the_sample_of_a_reduced_map_equals_the_torch_cut(shape: tuple[int, ...], fills: bool) -> None:
+    t = torch.randn(shape)
+    t[0, 0] = 0.0  # a channel the fast path must recompute exactly: the sample is still the data
+    rows = _samples.rows(t, 1)
+    assert rows is not None
+    block = _stats.reduce(t, 1, None, 0.0, _stats.Scratch(), rows)
+    assert rows.filled is fills
+    values, steps = rows.take()
+    want, want_steps = _samples.cut(t, 1)
+    got = torch.frombuffer(values[0], dtype=torch.float32).view(values[1])
+    assert steps == want_steps and torch.equal(got, want)
+    np.testing.assert_array_equal(block, _stats.reduce(t, 1, None, 0.0, _stats.Scratch()))  # statistics unchanged by it
+    assert _samples.rows(t[:, ::2], 1) is None  # not contiguous: torch cuts it
+    assert _samples.rows(t.double(), 1) is None and _samples.rows(t, 2) is None
+
+
+def test_a_captured_large_map_keeps_its_sample_from_the_statistics_pass() -> None:
+    """Through capture: resnet18's conv1 at 224 x 224 takes chanstats, whose pass copies the sample;
+    an in-place ReLU after it does not reach the copy."""
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(4, 3, 224, 224)
+    cap = featcheck.capture(model, x, layers=["conv1", "bn1"], ops=False)
+    with torch.no_grad():
+        ref = model.bn1(model.conv1(x))
+    assert isinstance(cap["bn1"]._sample, tuple)  # kept as the C copy's bytes until read
+    assert cap["bn1"].sample_step == (4, 4)
+    torch.testing.assert_close(cap["bn1"].sample, ref[0, :, ::4, ::4], rtol=0, atol=0)
+    assert (ref < 0).any() and (cap["bn1"].sample < 0).any()  # before the in-place ReLU wrote it
 
 
 def test_answers_cached_per_class_keep_no_class_alive_and_follow_each_class() -> None:
