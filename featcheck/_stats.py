@@ -234,38 +234,58 @@ _KERNEL_SPLIT = 1 << 22
 _pool: ThreadPoolExecutor | None = None
 
 
-def _kernel(v: torch.Tensor, sample: Any = None) -> np.ndarray | None:
+def _kernel(v: torch.Tensor, sample: Any = None, whole: bool = False) -> np.ndarray | None:
     """``[5, C]`` per-channel min, max, sum, sum of squares and non-zero count from one pass of
-    the C kernel, or ``None`` where it does not apply (no kernel, short rows, not contiguous).
-    ``sample``: a ``featcheck._samples.Rows`` of ``v``'s map, which the pass fills too."""
+    the C kernel (``_fast.chanstats``), or ``None`` where it does not apply (no kernel, short
+    rows, not contiguous). ``whole``: the finished block instead (``[len(ROWS), C]`` without
+    bound counts, ``_fast.chanfast``: the same pass, the channels it cannot get right recomputed
+    exactly). ``sample``: a ``featcheck._samples.Rows`` of ``v``'s map, which the pass fills too."""
     global _pool
     if _fast is None or v.shape[2] < _KERNEL_MIN_ROW or not v.is_contiguous():
         return None
     a, c, b = v.shape
     data = v.numpy()
-    out = np.empty((5, c))
+    out = np.empty((len(ROWS) if whole else 5, c))
+    kernel = _fast.chanfast if whole else _fast.chanstats
     extra = () if sample is None or sample.per != b or sample.channels != c else (sample.buffer, sample.offsets)
     if v.numel() >= _KERNEL_SPLIT and c >= 2 and torch.get_num_threads() > 1:
         if _pool is None:
             _pool = ThreadPoolExecutor(1, thread_name_prefix="featcheck")
         half = c // 2
-        other = _pool.submit(_fast.chanstats, data, a, c, b, out, half, c, *extra)
-        _fast.chanstats(data, a, c, b, out, 0, half, *extra)
+        other = _pool.submit(kernel, data, a, c, b, out, half, c, *extra)
+        kernel(data, a, c, b, out, 0, half, *extra)
         other.result()
     else:
-        _fast.chanstats(data, a, c, b, out, 0, c, *extra)
+        kernel(data, a, c, b, out, 0, c, *extra)
     if extra:
         sample.filled = True
     return out
 
 
-# Maps of at most this many values take the exact kernel (``_fast.chanexact``: double sums, one
-# pass for most channels) outright. Below it the fast path's dozen numpy and torch calls cost
-# more than the kernel's double arithmetic: mobilenet_v3_small at 64 x 64 spent 300 us per record
-# there, most maps small or ill-conditioned; a relu'd [2, 16, 32, 32] map takes 58 us through the
-# fast path, 11 us through the kernel, and at 500K values the two still tie (0.1 ms). Larger maps
-# keep the float32 one-pass kernel, which reads memory at the same speed and splits across threads.
+# Which kernel a contiguous float32 map takes. Small maps take the exact kernel
+# (``_fast.chanexact``: double sums, one pass for most channels) outright: below _EXACT_ALL values
+# the fast path's extra calls cost more than the kernel's double arithmetic (mobilenet_v3_small at
+# 64 x 64 spent 300 us per record in the fast path's numpy and torch calls, before they moved
+# into C). Up to _SMALL values it still wins where rows are short (a channel's values within one
+# sample: 7 x 7 maps), where the float32 pass's per-row cost dominates, and where bounds are
+# counted (which the fast path does with torch). Otherwise the fast path's one float32 pass
+# (``_fast.chanfast``) takes half the exact kernel's time or less, measured right after the map
+# was written: [8, 128, 28, 28] 122 against 277 us, [8, 512, 14, 14] 225 against 485 us (whose
+# rows the exact kernel reads in eight streams a multiple of 4 KiB apart), [2, 64, 32, 32] 43
+# against 81 us; [8, 2048, 7, 7] 328 against 237 us.
+_EXACT_ALL = 1 << 16
 _SMALL = 1 << 20
+_LONG_ROW = 128
+
+
+def exact_first(numel: int, shape: tuple[int, ...], cdim: int | None, bounded: bool) -> bool:
+    """Whether a contiguous float32 map of ``numel`` > 0 values takes the exact kernel outright
+    (else the fast path; see _EXACT_ALL). ``cdim``: its channel dim (>= 0) or None."""
+    if numel > _SMALL:
+        return False
+    if numel <= _EXACT_ALL:
+        return True
+    return bounded or cdim is None or numel // math.prod(shape[: cdim + 1]) < _LONG_ROW
 
 
 def _exact_kernel(
@@ -309,8 +329,12 @@ def reduce_fast(
         return _exact(v, bounds, tol).numpy()
     v = v.float()
     exact_kernel = _fast is not None and v.is_contiguous()
-    if exact_kernel and v.numel() <= _SMALL:
+    if exact_kernel and exact_first(v.numel(), v.shape, 1, bounds is not None):
         return _exact_kernel(v, bounds, tol)
+    if bounds is None:  # the whole block in C (bound counts: below, with torch)
+        block = _kernel(v, sample, whole=True)
+        if block is not None:
+            return block
     fused = _kernel(v, sample)
     if fused is not None:
         mn, mx, s, sq, nonzero = fused
@@ -391,7 +415,8 @@ def reduce(
         cdim %= max(x.ndim, 1)
     if (  # the usual small map: straight to the exact kernel (a hook's cost is mostly Python)
         x.dtype is torch.float32 and x.is_cpu and x.layout is torch.strided and not x.is_nested
-        and 0 < x.numel() <= _SMALL and _fast is not None and x.is_contiguous()
+        and 0 < (numel := x.numel()) and exact_first(numel, x.shape, cdim, bounds is not None)
+        and _fast is not None and x.is_contiguous()
     ):
         out = np.empty((len(ROWS), 1 if cdim is None else x.shape[cdim]))
         _fast.chanexact_ptr(x.data_ptr(), x.shape, -1 if cdim is None else cdim, out, *_thresholds(bounds, tol))

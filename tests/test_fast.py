@@ -187,3 +187,19 @@ def test_the_sample_arguments_are_checked_before_any_value_is_read() -> None:
         _stats._fast.rows_at(0, 3, 20, offsets)
     with pytest.raises(TypeError, match="expected 4 arguments"):
         _stats._fast.rows_at(x.data_ptr(), 3, 20)
+
+
+def test_chanfast_checks_its_arguments_and_gives_the_fast_paths_block() -> None:
+    x = hard_map((2, 12, 40), seed=3)  # channels that defeat one-pass arithmetic: recomputed exactly
+    data = x.numpy()
+    out = np.empty((len(_stats.ROWS), 12))
+    _stats._fast.chanfast(data, 2, 12, 40, out, 0, 12)
+    assert_block_close(out, kernel_block(x, None))  # the exact kernel's block
+    with pytest.raises(ValueError, match="buffer sizes"):
+        _stats._fast.chanfast(data, 2, 12, 40, np.empty((5, 12)), 0, 12)  # chanstats' 5 rows, not 9
+    with pytest.raises(ValueError, match="buffer sizes"):
+        _stats._fast.chanfast(data, 2, 12, 41, out, 0, 12)
+    with pytest.raises(ValueError, match="outside a row of 40 values"):
+        _stats._fast.chanfast(data, 2, 12, 40, out, 0, 12, bytearray(12 * 4), np.array([40], dtype=np.int64))
+    with pytest.raises(ValueError, match="fewer than C x K floats"):
+        _stats._fast.chanfast(data, 2, 12, 40, out, 0, 12, bytearray(4), np.array([0, 1], dtype=np.int64))

@@ -278,21 +278,26 @@ EXTREMES = {
 }
 
 
-@pytest.mark.parametrize("path", ["small", "fast", "torch", "exact"])
+@pytest.mark.parametrize("path", ["small", "fast", "fast bounded", "torch", "exact"])
 @pytest.mark.parametrize("case", list(EXTREMES))
 def test_finite_data_of_any_dtype_and_magnitude_gives_finite_correct_statistics(
     case: str, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Every path: the exact kernel (small), the one-pass kernel finished in C (fast) or, where
+    bounds are counted, in numpy with torch's bound counts (fast bounded), torch alone, and the
+    exact torch path."""
     dtype, scales, offsets, rtol = EXTREMES[case]
     x = channels_at(dtype, scales, offsets)
+    bounds = (0.0, 1.0) if path == "fast bounded" else None
     if path == "torch":
         monkeypatch.setattr(_stats, "_fast", None)
-    elif path == "fast":  # small maps take the exact kernel outright: force the one-pass kernel
+    elif path.startswith("fast"):  # small maps take the exact kernel outright: force the one-pass kernel
         monkeypatch.setattr(_stats, "_SMALL", 0)
-    block = _stats.reduce_robust(x, 1) if path == "exact" else _stats.reduce(x, 1)
+        assert not _stats.exact_first(x.numel(), x.shape, 1, bounds is not None)
+    block = _stats.reduce_robust(x, 1) if path == "exact" else _stats.reduce(x, 1, bounds, 0.01)
     acc = _stats.Accumulator(x.shape[1])
     acc.add(np.asarray(block))
-    assert_close_at_scale(acc.stats(), reference_exact(x, 1), rtol)
+    assert_close_at_scale(acc.stats(), reference_exact(x, 1, bounds, 0.01), rtol)
 
 
 @pytest.mark.parametrize("merge", ["C", "numpy"])
