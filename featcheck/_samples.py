@@ -118,7 +118,7 @@ class Rows:
         self.offsets = offsets
         self.shape = shape
         self.steps = steps
-        self.buffer = bytearray(channels * len(offsets) * 4)
+        self.buffer: Any = np.empty(channels * len(offsets), dtype=np.float32)  # not zeroed, as a bytearray would be: the pass writes every value
         self.filled = False
 
     def take(self) -> tuple[Any, tuple[int, ...]]:
