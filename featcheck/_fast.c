@@ -16,6 +16,7 @@
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 /* -DFC_PORTABLE builds the plain C paths only, as on other processors (to test them on x86) */
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(FC_PORTABLE)
 #include <immintrin.h>
@@ -130,6 +131,44 @@ static void stats_pass(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_
     }
 }
 
+/* The arguments chanstats and chanfast share, (data, A, C, B, out, c0, c1[, sample, offsets]),
+ * parsed and checked: data holds A x C x B floats, out `rows` x C doubles, 0 <= c0 <= c1 <= C, and
+ * a sample (given with its offsets, or neither) C x K floats for K offsets within a row. The
+ * sizes are compared by division, so that no product of bogus ones overflows past the check. */
+typedef struct { Py_buffer data, out, sample, offsets; Py_ssize_t a_n, c_n, b_n, c0, c1, k_n; } pass_args;
+
+static void release_pass(pass_args *p) {
+    PyBuffer_Release(&p->data);
+    PyBuffer_Release(&p->out);
+    if (p->sample.obj != NULL) PyBuffer_Release(&p->sample);
+    if (p->offsets.obj != NULL) PyBuffer_Release(&p->offsets);
+}
+
+/* 0, or -1 with an exception set and nothing held */
+static int parse_pass(PyObject *args, const char *name, Py_ssize_t rows, pass_args *p) {
+    memset(p, 0, sizeof *p);
+    if (!PyArg_ParseTuple(args, "y*nnnw*nn|w*y*", &p->data, &p->a_n, &p->c_n, &p->b_n, &p->out, &p->c0, &p->c1,
+                          &p->sample, &p->offsets))
+        return -1;
+    if (p->a_n < 1 || p->c_n < 1 || p->b_n < 1 || p->c0 < 0 || p->c1 > p->c_n || p->c0 > p->c1 ||
+        p->data.len / (Py_ssize_t)sizeof(float) / p->a_n / p->c_n < p->b_n ||
+        p->out.len / (Py_ssize_t)sizeof(double) / rows < p->c_n || (p->sample.obj != NULL) != (p->offsets.obj != NULL)) {
+        PyErr_Format(PyExc_ValueError, "%s: buffer sizes do not match A, C, B", name);
+        release_pass(p);
+        return -1;
+    }
+    if (p->sample.obj != NULL) {
+        p->k_n = read_offsets(&p->offsets, p->b_n);
+        if (p->k_n >= 0 && p->sample.len / (Py_ssize_t)sizeof(float) / p->c_n < p->k_n)
+            PyErr_Format(PyExc_ValueError, "%s: the sample buffer holds fewer than C x K floats", name);
+        if (PyErr_Occurred()) {
+            release_pass(p);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* chanstats(data, A, C, B, out, c0, c1[, sample, offsets]): for channels c0 <= c < c1 of a
  * C-contiguous float32 [A, C, B] buffer, writes min, max, sum, sum of squares and the non-zero
  * count to out, a writable float64 buffer of 5 x C (row-major). With sample (a writable float32
@@ -138,47 +177,26 @@ static void stats_pass(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_
  * sample while the pass has it in cache. A separate cut of a large map's sample reads it again
  * from memory, strided: measured as much time as this whole pass. */
 static PyObject *chanstats(PyObject *self, PyObject *args) {
-    Py_buffer data, out, sample = {0}, offsets = {0};
-    Py_ssize_t a_n, c_n, b_n, c0, c1, k_n = 0;
-    if (!PyArg_ParseTuple(args, "y*nnnw*nn|w*y*", &data, &a_n, &c_n, &b_n, &out, &c0, &c1, &sample, &offsets))
-        return NULL;
-    if (a_n < 1 || c_n < 1 || b_n < 1 || c0 < 0 || c1 > c_n || c0 > c1 ||
-        a_n * c_n * b_n * (Py_ssize_t)sizeof(float) > data.len ||
-        out.len < 5 * c_n * (Py_ssize_t)sizeof(double) || (sample.obj != NULL) != (offsets.obj != NULL)) {
-        PyErr_SetString(PyExc_ValueError, "chanstats: buffer sizes do not match A, C, B");
-        goto fail;
-    }
-    if (sample.obj != NULL) {
-        k_n = read_offsets(&offsets, b_n);
-        if (k_n < 0) goto fail;
-        if (sample.len < c_n * k_n * (Py_ssize_t)sizeof(float)) {
-            PyErr_SetString(PyExc_ValueError, "chanstats: the sample buffer holds fewer than C x K floats");
-            goto fail;
-        }
-    }
-    const float *x = (const float *)data.buf;
-    double *o = (double *)out.buf;
-    stats *acc = PyMem_RawMalloc((size_t)(c1 - c0 + 1) * sizeof(stats));
+    pass_args p;
+    if (parse_pass(args, "chanstats", 5, &p) < 0) return NULL;
+    stats *acc = PyMem_RawMalloc((size_t)(p.c1 - p.c0 + 1) * sizeof(stats));
     if (acc == NULL) {
-        PyErr_NoMemory();
-        goto fail;
+        release_pass(&p);
+        return PyErr_NoMemory();
     }
+    const float *x = (const float *)p.data.buf;
+    double *o = (double *)p.out.buf;
+    Py_ssize_t c_n = p.c_n;
     Py_BEGIN_ALLOW_THREADS
-    stats_pass(x, a_n, c_n, b_n, c0, c1, acc, (float *)sample.buf, (const int64_t *)offsets.buf, k_n);
-    for (Py_ssize_t c = c0; c < c1; c++) {
-        stats st = acc[c - c0];
+    stats_pass(x, p.a_n, c_n, p.b_n, p.c0, p.c1, acc, (float *)p.sample.buf, (const int64_t *)p.offsets.buf, p.k_n);
+    for (Py_ssize_t c = p.c0; c < p.c1; c++) {
+        stats st = acc[c - p.c0];
         o[c] = st.mn; o[c_n + c] = st.mx; o[2 * c_n + c] = st.s; o[3 * c_n + c] = st.q; o[4 * c_n + c] = st.nz;
     }
     Py_END_ALLOW_THREADS
     PyMem_RawFree(acc);
-    PyBuffer_Release(&data); PyBuffer_Release(&out);
-    if (sample.obj != NULL) { PyBuffer_Release(&sample); PyBuffer_Release(&offsets); }
+    release_pass(&p);
     Py_RETURN_NONE;
-fail:
-    PyBuffer_Release(&data); PyBuffer_Release(&out);
-    if (sample.obj != NULL) PyBuffer_Release(&sample);
-    if (offsets.obj != NULL) PyBuffer_Release(&offsets);
-    return NULL;
 }
 
 /* chanexact(data, A, C, B, out, lo, hi, bounded, idx): the exact block of channels of a
@@ -663,50 +681,29 @@ static void fast_finish(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize
  * dozen numpy calls and a call of the exact kernel, which cost as much as the pass on maps of up
  * to a few MiB, and 10 ms per resnet50 capture (batch 8, 224 x 224). */
 static PyObject *chanfast(PyObject *self, PyObject *args) {
-    Py_buffer data, out, sample = {0}, offsets = {0};
-    Py_ssize_t a_n, c_n, b_n, c0, c1, k_n = 0;
-    if (!PyArg_ParseTuple(args, "y*nnnw*nn|w*y*", &data, &a_n, &c_n, &b_n, &out, &c0, &c1, &sample, &offsets))
-        return NULL;
-    stats *acc = NULL;
-    unsigned char *redo = NULL;
-    if (a_n < 1 || c_n < 1 || b_n < 1 || c0 < 0 || c1 > c_n || c0 > c1 ||
-        a_n * c_n * b_n * (Py_ssize_t)sizeof(float) > data.len ||
-        out.len < 9 * c_n * (Py_ssize_t)sizeof(double) || (sample.obj != NULL) != (offsets.obj != NULL)) {
-        PyErr_SetString(PyExc_ValueError, "chanfast: buffer sizes do not match A, C, B");
-        goto done;
-    }
-    if (sample.obj != NULL) {
-        k_n = read_offsets(&offsets, b_n);
-        if (k_n < 0) goto done;
-        if (sample.len < c_n * k_n * (Py_ssize_t)sizeof(float)) {
-            PyErr_SetString(PyExc_ValueError, "chanfast: the sample buffer holds fewer than C x K floats");
-            goto done;
-        }
-    }
-    acc = PyMem_RawMalloc((size_t)(c1 - c0 + 1) * sizeof(stats));
-    redo = PyMem_RawMalloc((size_t)(c1 - c0 + 1));
+    pass_args p;
+    if (parse_pass(args, "chanfast", 9, &p) < 0) return NULL;
+    stats *acc = PyMem_RawMalloc((size_t)(p.c1 - p.c0 + 1) * sizeof(stats));
+    unsigned char *redo = PyMem_RawMalloc((size_t)(p.c1 - p.c0 + 1));
     if (acc == NULL || redo == NULL) {
-        PyErr_NoMemory();
-        goto done;
+        PyMem_RawFree(acc);
+        PyMem_RawFree(redo);
+        release_pass(&p);
+        return PyErr_NoMemory();
     }
 #ifdef FC_X86
     if (exact_wide < 0) exact_wide = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
     exact_wide = 0;
 #endif
-    const float *x = (const float *)data.buf;
+    const float *x = (const float *)p.data.buf;
     Py_BEGIN_ALLOW_THREADS
-    stats_pass(x, a_n, c_n, b_n, c0, c1, acc, (float *)sample.buf, (const int64_t *)offsets.buf, k_n);
-    fast_finish(x, a_n, c_n, b_n, c0, c1, acc, redo, (double *)out.buf);
+    stats_pass(x, p.a_n, p.c_n, p.b_n, p.c0, p.c1, acc, (float *)p.sample.buf, (const int64_t *)p.offsets.buf, p.k_n);
+    fast_finish(x, p.a_n, p.c_n, p.b_n, p.c0, p.c1, acc, redo, (double *)p.out.buf);
     Py_END_ALLOW_THREADS
-done:
     PyMem_RawFree(acc);
     PyMem_RawFree(redo);
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&out);
-    if (sample.obj != NULL) PyBuffer_Release(&sample);
-    if (offsets.obj != NULL) PyBuffer_Release(&offsets);
-    if (PyErr_Occurred()) return NULL;
+    release_pass(&p);
     Py_RETURN_NONE;
 }
 

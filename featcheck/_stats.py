@@ -26,7 +26,8 @@ kernels are cheap there, and deciding to fall back would need a device-to-host s
 per layer. float64 and wide integer maps take it on the CPU too.
 
 The fast path recomputes exactly the channels its arithmetic cannot get right (the whole map
-when they are most of it):
+when they are most of it), in the same C call (``_fast.chanfast``), or in numpy and the exact
+kernel after ``_fast.chanstats`` where bounds are counted (with torch):
 - a sum or sum of squares that is not finite: non-finite values, or float32 sums that overflowed
   (the kernel's cannot below |values| of 2^58, see ``_fast.c``). Overflow cannot hide: a float32
   sum that overflows becomes +-inf or NaN and stays so in the float64 totals;
