@@ -867,6 +867,10 @@ static PyObject *rows_at(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_buffer offsets;
     if (PyObject_GetBuffer(args[3], &offsets, PyBUF_SIMPLE) < 0) return NULL;
     Py_ssize_t k_n = read_offsets(&offsets, b_n);
+    if (k_n > 0 && c_n > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(float) / k_n) {
+        PyErr_Format(PyExc_ValueError, "rows_at: a sample of %zd x %zd floats is too large", c_n, k_n);
+        k_n = -1;
+    }
     PyObject *out = k_n < 0 ? NULL : PyByteArray_FromStringAndSize(NULL, c_n * k_n * (Py_ssize_t)sizeof(float));
     if (out != NULL) {
         const float *x = (const float *)(uintptr_t)address;

@@ -187,6 +187,8 @@ def test_the_sample_arguments_are_checked_before_any_value_is_read() -> None:
         _stats._fast.rows_at(0, 3, 20, offsets)
     with pytest.raises(TypeError, match="expected 4 arguments"):
         _stats._fast.rows_at(x.data_ptr(), 3, 20)
+    with pytest.raises(ValueError, match="too large"):  # C x K x 4 bytes would overflow: refused before any allocation
+        _stats._fast.rows_at(x.data_ptr(), 2**62, 20, offsets)
 
 
 def test_chanfast_checks_its_arguments_and_gives_the_fast_paths_block() -> None:
