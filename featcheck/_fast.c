@@ -634,13 +634,14 @@ static void exact_block(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize
     for (j = vec; j < m; j++) exact_finish_one(x, a_n, c_n, b_n, c0 + j, &f, j, o, total, inv_total);
 }
 
+#define FAST_GROUP 8
+
 /* The fast path's block of channels c0..c1-1 (see chanfast), from chanstats' pass: the statistics
  * one-pass arithmetic gets right, and the exact kernel for the channels it cannot (every channel
  * of the range when they are most of it). */
 static void fast_finish(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c0, Py_ssize_t c1,
                         const stats *acc, unsigned char *redo, double *o) {
     double total = (double)a_n * (double)b_n, inv_total = 1.0 / total;
-    Py_ssize_t n_redo = 0;
     for (Py_ssize_t c = c0; c < c1; c++) {
         stats st = acc[c - c0];
         double mean = st.s / total, meansq = st.q / total, mm = mean * mean;
@@ -652,24 +653,31 @@ static void fast_finish(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize
          * arithmetic, or squares that may have underflowed float32 */
         int r = !isfinite(st.q) || (!constant && (var < FAST_ILL_CONDITIONED * meansq || meansq < 0x1p-100));
         redo[c - c0] = (unsigned char)r;
-        n_redo += r;
+        if (!r) mean = mean < st.mn ? st.mn : mean > st.mx ? st.mx : mean;  /* rounding kept within [min, max] */
         o[c] = total; o[c_n + c] = mean; o[2 * c_n + c] = constant ? 0.0 : sqrt(var > 0.0 ? var : 0.0);
         o[3 * c_n + c] = st.mn; o[4 * c_n + c] = st.mx; o[5 * c_n + c] = total - st.nz;
         o[6 * c_n + c] = 0.0; o[7 * c_n + c] = 0.0; o[8 * c_n + c] = 0.0;
     }
-    if (n_redo * 2 > c1 - c0) {  /* gathering most channels would cost more than it saves */
-        for (Py_ssize_t c = c0; c < c1; c += EXACT_BLOCK)
-            exact_block(x, a_n, c_n, b_n, c, c1 - c < EXACT_BLOCK ? c1 - c : EXACT_BLOCK, o, 0.0f, 0.0f, 0, total, inv_total);
-        return;
-    }
-    for (Py_ssize_t c = c0; n_redo && c < c1; c++) {
-        if (!redo[c - c0]) continue;
-        exact_acc st;
-        exact_channel(x + c * b_n, a_n, c_n * b_n, b_n, &st, 0.0f, 0.0f, 0);
-        st.n = total;
-        exact_finish(x, a_n, c_n, b_n, c, &st, inv_total);
-        exact_put(o, c_n, c, &st, total);
-        n_redo--;
+    /* Decided per group of FAST_GROUP channels at fixed positions (multiples of FAST_GROUP), so
+     * that a channel's numbers do not depend on how the caller split the channels across threads
+     * (it splits at such multiples): a group whose channels mostly need it is recomputed whole
+     * (gathering most channels would cost more than it saves), otherwise channel by channel. */
+    for (Py_ssize_t b0 = c0 - c0 % FAST_GROUP; b0 < c1; b0 += FAST_GROUP) {
+        Py_ssize_t lo = b0 > c0 ? b0 : c0, hi = b0 + FAST_GROUP < c1 ? b0 + FAST_GROUP : c1, n_redo = 0;
+        for (Py_ssize_t c = lo; c < hi; c++) n_redo += redo[c - c0];
+        if (n_redo * 2 > hi - lo) {
+            exact_block(x, a_n, c_n, b_n, lo, hi - lo, o, 0.0f, 0.0f, 0, total, inv_total);
+            continue;
+        }
+        for (Py_ssize_t c = lo; n_redo && c < hi; c++) {
+            if (!redo[c - c0]) continue;
+            exact_acc st;
+            exact_channel(x + c * b_n, a_n, c_n * b_n, b_n, &st, 0.0f, 0.0f, 0);
+            st.n = total;
+            exact_finish(x, a_n, c_n, b_n, c, &st, inv_total);
+            exact_put(o, c_n, c, &st, total);
+            n_redo--;
+        }
     }
 }
 
@@ -725,7 +733,7 @@ static PyObject *exact_core(const float *x, Py_buffer *data, Py_ssize_t a_n, Py_
     Py_ssize_t k_n = have_idx ? idx.len / (Py_ssize_t)sizeof(int64_t) : c_n;
     const int64_t *ix = have_idx ? (const int64_t *)idx.buf : NULL;
     int bad = a_n < 1 || c_n < 1 || b_n < 1 ||
-              (data != NULL && a_n * c_n * b_n * (Py_ssize_t)sizeof(float) > data->len) ||
+              (data != NULL && data->len / (Py_ssize_t)sizeof(float) / a_n / c_n < b_n) ||
               out.len < 9 * c_n * (Py_ssize_t)sizeof(double);
     for (Py_ssize_t k = 0; !bad && k < (have_idx ? k_n : 0); k++)
         bad = ix[k] < 0 || ix[k] >= c_n;

@@ -111,7 +111,6 @@ _DTYPE_NAMES = {d: str(d) for d in (torch.float32, torch.float16, torch.bfloat16
 
 # The exact C kernel for small float32 maps (featcheck/_fast.c), when it was built.
 _KERNEL = _stats._fast.chanexact_ptr if _stats._fast is not None else None
-_EXACT_ALL = _stats._EXACT_ALL
 
 # This thread's torch function mode stack, which the hooks take the op mode off and put it back
 # on around every leaf module (see featcheck._ops.push and remove).
@@ -543,7 +542,7 @@ class Recorder:
             if (  # the usual small map: straight to the exact kernel (a hook's cost is its Python)
                 dtype is torch.float32 and t.is_cpu and t.layout is torch.strided and self._on_output is None
                 and _KERNEL is not None and 0 < (numel := t.numel())
-                and (numel <= _EXACT_ALL or _stats.exact_first(numel, shape, cdim, rec.bounds is not None))
+                and (numel <= _stats._EXACT_ALL or _stats.exact_first(numel, shape, cdim, rec.bounds is not None))
                 and t.is_contiguous() and not t.is_nested
             ):
                 thr = self._thr.get(rname)

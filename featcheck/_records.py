@@ -99,7 +99,7 @@ class LayerCapture:
         self.input_size: tuple[int, ...] | None = None
         self.samples = 0
         self.forwards = 0
-        self._sample: torch.Tensor | tuple[bytearray, torch.Size] | None = None
+        self._sample: torch.Tensor | tuple[Any, tuple[int, ...]] | None = None
         self.sample_step: tuple[int, ...] = ()
         self.note = ""
         self._acc = _stats.Accumulator(channels)
@@ -113,7 +113,7 @@ class LayerCapture:
         """First sample of the first call (see the class docstring); the capture may keep it as
         the bytes it copied, made a tensor (sharing their memory) when first read."""
         s = self._sample
-        if type(s) is tuple:  # (bytearray, shape) as the hook copied it: a tensor sharing its memory
+        if type(s) is tuple:  # (buffer, shape) as the hook copied it: a tensor sharing its memory
             s = self._sample = torch.frombuffer(s[0], dtype=torch.float32).view(s[1])
         return s
 

@@ -12,7 +12,7 @@ map with channels on dim 1 has its sample copied in C at its data address, whole
 (``_fast.rows_at``), and a large map has it copied by the statistics kernel's own pass over the
 data (:class:`Rows`, ``_fast.chanstats``): cut out with torch afterwards, a resnet50 capture's
 samples (batch 8, 224 x 224) read their 40 MiB of strided values from memory again, 20-30 ms per
-capture. The copies are kept as ``(bytearray, shape)`` and become tensors when the record's
+capture. The copies are kept as ``(buffer, shape)`` (a bytearray or a numpy array) and become tensors when the record's
 ``sample`` is first read. Other maps (another layout, dtype or device, channels elsewhere) are cut
 with torch (:func:`cut`), with the same result.
 """
@@ -92,7 +92,7 @@ def _offsets(spatial: tuple[int, ...], steps: tuple[int, ...]) -> tuple[np.ndarr
 def first(t: torch.Tensor, address: int, shape: torch.Size, cdim: int | None, numel: int) -> tuple[Any, tuple[int, ...]]:
     """:func:`cut` of a contiguous float32 CPU map of ``numel`` values at ``address``: with
     channels on dim 1, copied in C, whole (one copy of its leading bytes, about 0.5 us instead of
-    8) or at the subsample's offsets, and kept as ``(bytearray, shape)``."""
+    8) or at the subsample's offsets, and kept as ``(buffer, shape)``."""
     ndim = len(shape)
     if _BYTES is None or _ROWS is None or cdim != 1 or ndim < 2 or not numel:
         return cut(t, cdim)

@@ -205,3 +205,37 @@ def test_chanfast_checks_its_arguments_and_gives_the_fast_paths_block() -> None:
         _stats._fast.chanfast(data, 2, 12, 40, out, 0, 12, bytearray(12 * 4), np.array([40], dtype=np.int64))
     with pytest.raises(ValueError, match="fewer than C x K floats"):
         _stats._fast.chanfast(data, 2, 12, 40, out, 0, 12, bytearray(4), np.array([0, 1], dtype=np.int64))
+
+
+@pytest.mark.parametrize("channels", [11, 16, 24, 70])
+def test_a_maps_statistics_do_not_depend_on_the_number_of_threads(channels: int) -> None:
+    """Maps of 4M values and more are split across two threads, at a multiple of 8 channels:
+    chanfast decides which channels to recompute exactly per group of 8 at fixed positions, so a
+    well-conditioned channel gets the same bits whether a group's neighbours were recomputed by
+    the other thread or not."""
+    g = torch.Generator().manual_seed(channels)
+    x = torch.randn(2, channels, 600, 3600 // channels * 10, generator=g)
+    assert x.numel() >= _stats._KERNEL_SPLIT
+    # channels 0-4 are recomputed exactly: most of the first 8, fewer than half of all channels
+    # (so a rule decided per thread's half recomputed channels 5-7 with two threads, not with one)
+    x[0, 0, 0, 0] = float("nan")
+    x[:, 1:5] = 1000 + 1e-3 * torch.randn(2, 4, *x.shape[2:], generator=g)
+    threads = torch.get_num_threads()
+    try:
+        blocks = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            blocks.append(_stats.reduce(x, 1))
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(blocks[0], blocks[1])
+
+
+def test_the_fast_paths_mean_stays_within_min_and_max() -> None:
+    """float32 partial sums of a constant channel can round above its value: kept within [min, max]
+    (as the exact kernel keeps it)."""
+    x = torch.full((2, 8, 64, 65), 0.1)
+    x[:, 1:] = torch.randn(2, 7, 64, 65)
+    assert not _stats.exact_first(x.numel(), x.shape, 1, False)  # the fast path's map
+    block = _stats.reduce(x, 1)
+    assert block[_stats.ROWS.index("mean"), 0] == np.float32(0.1) and block[_stats.ROWS.index("sd"), 0] == 0.0
