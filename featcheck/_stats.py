@@ -249,9 +249,9 @@ def _kernel(v: torch.Tensor, sample: Any = None, whole: bool = False) -> np.ndar
     out = np.empty((len(ROWS) if whole else 5, c))
     kernel = _fast.chanfast if whole else _fast.chanstats
     extra = () if sample is None or sample.per != b or sample.channels != c else (sample.buffer, sample.offsets)
-    # split at a multiple of 8 channels: chanfast decides which to recompute per group of 8 at
-    # fixed positions, so that no channel's numbers depend on the number of threads
-    half = c // 2 // 8 * 8
+    # chanfast's halves split at a multiple of 8 channels: it decides which to recompute per group
+    # of 8 at fixed positions, so that no channel's numbers depend on the number of threads
+    half = c // 2 // 8 * 8 if whole else c // 2
     if v.numel() >= _KERNEL_SPLIT and half and torch.get_num_threads() > 1:
         if _pool is None:
             _pool = ThreadPoolExecutor(1, thread_name_prefix="featcheck")
