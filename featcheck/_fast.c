@@ -638,7 +638,7 @@ static void exact_block(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize
 
 /* The fast path's block of channels c0..c1-1 (see chanfast), from chanstats' pass: the statistics
  * one-pass arithmetic gets right, and the exact kernel for the channels it cannot (every channel
- * of the range when they are most of it). */
+ * of a group of FAST_GROUP when they are most of it). */
 static void fast_finish(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c0, Py_ssize_t c1,
                         const stats *acc, unsigned char *redo, double *o) {
     double total = (double)a_n * (double)b_n, inv_total = 1.0 / total;
