@@ -41,6 +41,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules import module as _module_hooks
@@ -78,6 +79,22 @@ def _reduce(
     """An output's statistics block, and its rendering sample when ``want_sample`` (else None):
     where the statistics kernel makes a pass over the data, it copies the sample in the same pass
     (see featcheck._samples). Gradients' records take the same path."""
+    if (  # the usual large map: straight to chanfast (after a pass over megabytes, every Python
+        # call and attribute read runs with cold caches: the general path below cost 10 ms more per
+        # resnet50 capture, batch 8, 224 x 224)
+        cdim == 1 and bounds is None and _stats._fast is not None and t.dtype is torch.float32 and t.is_cpu
+        and t.layout is torch.strided and t.ndim >= 3 and t.is_contiguous() and not t.is_nested
+    ):
+        shape = t.shape
+        numel = t.numel()
+        a, c = shape[0], shape[1]
+        if a and c and numel // (a * c) >= _stats._KERNEL_MIN_ROW and not _stats.exact_first(numel, shape, 1, False):
+            data = t.detach().numpy()
+            if not want_sample:
+                return _stats.fast_block(data, a, c, numel // (a * c)), None
+            offsets, sample_shape, steps = _samples.plan(shape)
+            buffer = np.empty(c * len(offsets), dtype=np.float32)
+            return _stats.fast_block(data, a, c, numel // (a * c), (buffer, offsets)), ((buffer, sample_shape), steps)
     x = t.detach()
     if not want_sample or not x.numel():
         return _stats.reduce(x, cdim, bounds, tol, scratch), None
@@ -554,7 +571,7 @@ class Recorder:
                 if rec._sample is None and self._keep_samples:
                     sample = _samples.first(t, address, shape, cdim, numel)
             else:
-                why = _unsupported(t)
+                why = "" if dtype is torch.float32 and t.is_cpu and t.layout is torch.strided else _unsupported(t)
                 if why:
                     _note(rec, why)
                 elif self._on_output is not None:

@@ -241,18 +241,38 @@ def _kernel(v: torch.Tensor, sample: Any = None, whole: bool = False) -> np.ndar
     rows, not contiguous). ``whole``: the finished block instead (``[len(ROWS), C]`` without
     bound counts, ``_fast.chanfast``: the same pass, the channels it cannot get right recomputed
     exactly). ``sample``: a ``featcheck._samples.Rows`` of ``v``'s map, which the pass fills too."""
-    global _pool
     if _fast is None or v.shape[2] < _KERNEL_MIN_ROW or not v.is_contiguous():
         return None
     a, c, b = v.shape
-    data = v.numpy()
-    out = np.empty((len(ROWS) if whole else 5, c))
-    kernel = _fast.chanfast if whole else _fast.chanstats
     extra = () if sample is None or sample.per != b or sample.channels != c else (sample.buffer, sample.offsets)
-    # chanfast's halves split at a multiple of 8 channels: it decides which to recompute per group
-    # of 8 at fixed positions, so that no channel's numbers depend on the number of threads
-    half = c // 2 // 8 * 8 if whole else c // 2
-    if v.numel() >= _KERNEL_SPLIT and half and torch.get_num_threads() > 1:
+    out = (fast_block if whole else _stats5)(v.numpy(), a, c, b, extra)
+    if extra:
+        sample.filled = True
+    return out
+
+
+def fast_block(data: np.ndarray, a: int, c: int, b: int, extra: tuple[np.ndarray, np.ndarray] | tuple[()] = ()) -> np.ndarray:
+    """The block of a C-contiguous float32 ``[A, C, B]`` array (rows of at least _KERNEL_MIN_ROW
+    values) without bound counts, from ``_fast.chanfast``; ``extra``: a rendering sample's buffer
+    and offsets, which its pass fills."""
+    out = np.empty((len(ROWS), c))
+    # split at a multiple of 8 channels: chanfast decides which to recompute per group of 8 at
+    # fixed positions, so that no channel's numbers depend on the number of threads
+    _pass(_fast.chanfast, data, a, c, b, out, extra, c // 2 // 8 * 8)
+    return out
+
+
+def _stats5(data: np.ndarray, a: int, c: int, b: int, extra: tuple[np.ndarray, np.ndarray] | tuple[()] = ()) -> np.ndarray:
+    out = np.empty((5, c))
+    _pass(_fast.chanstats, data, a, c, b, out, extra, c // 2)
+    return out
+
+
+def _pass(kernel: Any, data: np.ndarray, a: int, c: int, b: int, out: np.ndarray, extra: tuple[Any, ...], half: int) -> None:
+    """One pass of ``kernel`` over all channels, split across two threads at ``half`` for large
+    maps where torch allows more than one thread (the kernels release the GIL)."""
+    global _pool
+    if a * c * b >= _KERNEL_SPLIT and half and torch.get_num_threads() > 1:
         if _pool is None:
             _pool = ThreadPoolExecutor(1, thread_name_prefix="featcheck")
         other = _pool.submit(kernel, data, a, c, b, out, half, c, *extra)
@@ -260,9 +280,6 @@ def _kernel(v: torch.Tensor, sample: Any = None, whole: bool = False) -> np.ndar
         other.result()
     else:
         kernel(data, a, c, b, out, 0, c, *extra)
-    if extra:
-        sample.filled = True
-    return out
 
 
 # Which kernel a contiguous float32 map takes. Small maps take the exact kernel

@@ -133,3 +133,36 @@ def test_answers_cached_per_class_keep_no_class_alive_and_follow_each_class() ->
     assert len(calls) == 50
     assert _layout.module_rule(nn.Conv2d(1, 1, 1)) == _layout.FIRST
     assert _layout.module_rule(nn.LayerNorm(4)) == _layout.NORM
+
+
+@pytest.mark.parametrize("keep_samples", [True, False])
+def test_a_captured_large_maps_statistics_are_those_of_the_general_path(keep_samples: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook's direct path for large contiguous float32 maps (chanfast without the general
+    path's layers) gives the bits _stats.reduce gives for the same output."""
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(4, 3, 224, 224)
+    calls: list[tuple[int, ...]] = []
+    fast_block = _stats.fast_block
+
+    def spy(data: np.ndarray, *args: object) -> np.ndarray:
+        calls.append(data.shape)
+        return fast_block(data, *args)
+
+    monkeypatch.setattr(_stats, "fast_block", spy)
+    cap = featcheck.capture(model, x, layers=["conv1", "bn1", "layer1", "layer2"], ops=False, keep_samples=keep_samples)
+    monkeypatch.undo()
+    assert len(calls) == 4  # the direct path took all four
+    with torch.no_grad():
+        c1 = model.conv1(x)
+        b1 = model.bn1(c1)
+        l1 = model.layer1(model.maxpool(model.relu(b1.clone())))
+        l2 = model.layer2(l1)
+    for name, ref in (("conv1", c1), ("bn1", b1), ("layer1", l1), ("layer2", l2)):
+        assert not _stats.exact_first(ref.numel(), ref.shape, 1, False)  # each takes the direct path
+        want = _stats.Accumulator(ref.shape[1])
+        want.add(np.asarray(_stats.reduce(ref, 1)))
+        got, expected = cap[name].stats, want.stats()
+        assert {"mean", "std", "min", "max", "zero_fraction"} <= got.keys()
+        for k, v in got.items():
+            np.testing.assert_array_equal(v, expected[k], err_msg=f"{name} {k}")
+        assert (cap[name].sample is None) is not keep_samples
