@@ -52,7 +52,7 @@ try:  # the optional C kernel (featcheck/_fast.c), built at install time when a 
     from . import _fast
 except ImportError:  # pragma: no cover - exercised on machines without a compiler
     _fast = None
-if _fast is not None and not hasattr(_fast, "chanexact_ptr"):
+if _fast is not None and not all(hasattr(_fast, f) for f in ("chanexact_ptr", "chanfast", "rows_at")):
     _fast = None  # a stale build from an older _fast.c (an editable install not rebuilt): not used
 _chanmerge = getattr(_fast, "chanmerge", None)
 

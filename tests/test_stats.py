@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -415,3 +418,24 @@ def test_the_c_merge_gives_the_numpy_merge_and_hands_its_block_back_for_reuse(mo
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-14, atol=0, err_msg=k)
     assert_matches(got, reference(x, 1))
+
+
+def test_a_stale_build_of_the_kernel_is_not_used(tmp_path: Path) -> None:
+    """An editable install whose featcheck/_fast.c changed but was not rebuilt has an extension
+    without this version's functions: featcheck falls back to torch rather than failing in every
+    hook. In a subprocess: the extension is chosen at import."""
+    code = (
+        "import sys, types\n"
+        "stale = types.ModuleType('featcheck._fast')\n"
+        "stale.chanexact_ptr = stale.chanstats = stale.chanexact = stale.bytes_at = lambda *a: None\n"
+        "sys.modules['featcheck._fast'] = stale  # an older build: no chanfast, no rows_at\n"
+        "import torch, featcheck\n"
+        "from featcheck import _stats, _samples, _recorder\n"
+        "assert _stats._fast is None and _samples._ROWS is None and _recorder._KERNEL is None\n"
+        "x = torch.randn(2, 3, 300, 300)\n"
+        "cap = featcheck.capture(torch.nn.Conv2d(3, 4, 3), x)\n"
+        "assert not cap[''].note and cap[''].sample is not None, cap[''].note\n"
+        "print('fallback ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0 and "fallback ok" in done.stdout, done.stderr[-2000:]
