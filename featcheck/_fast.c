@@ -636,6 +636,16 @@ static void exact_block(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize
 
 #define FAST_GROUP 8
 
+/* Channel c of x recomputed by the exact kernel, its column of out rewritten. */
+static void exact_one(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize_t b_n, Py_ssize_t c, double *o,
+                      float tl, float th, int bounded, double total, double inv_total) {
+    exact_acc st;
+    exact_channel(x + c * b_n, a_n, c_n * b_n, b_n, &st, tl, th, bounded);
+    st.n = total;
+    exact_finish(x, a_n, c_n, b_n, c, &st, inv_total);
+    exact_put(o, c_n, c, &st, total);
+}
+
 /* The fast path's block of channels c0..c1-1 (see chanfast), from chanstats' pass: the statistics
  * one-pass arithmetic gets right, and the exact kernel for the channels it cannot (every channel
  * of a group of FAST_GROUP when they are most of it). */
@@ -671,11 +681,7 @@ static void fast_finish(const float *x, Py_ssize_t a_n, Py_ssize_t c_n, Py_ssize
         }
         for (Py_ssize_t c = lo; n_redo && c < hi; c++) {
             if (!redo[c - c0]) continue;
-            exact_acc st;
-            exact_channel(x + c * b_n, a_n, c_n * b_n, b_n, &st, 0.0f, 0.0f, 0);
-            st.n = total;
-            exact_finish(x, a_n, c_n, b_n, c, &st, inv_total);
-            exact_put(o, c_n, c, &st, total);
+            exact_one(x, a_n, c_n, b_n, c, o, 0.0f, 0.0f, 0, total, inv_total);
             n_redo--;
         }
     }
@@ -754,13 +760,7 @@ static PyObject *exact_core(const float *x, Py_buffer *data, Py_ssize_t a_n, Py_
 #endif
     PyThreadState *saved = (double)k_n * total >= EXACT_NOGIL ? PyEval_SaveThread() : NULL;
     if (have_idx) {  /* a few scattered channels (those the fast kernel cannot get right) */
-        for (Py_ssize_t k = 0; k < k_n; k++) {
-            exact_acc st;
-            exact_channel(x + ix[k] * b_n, a_n, c_n * b_n, b_n, &st, tl, th, bounded);
-            st.n = total;
-            exact_finish(x, a_n, c_n, b_n, ix[k], &st, inv_total);
-            exact_put(o, c_n, ix[k], &st, total);
-        }
+        for (Py_ssize_t k = 0; k < k_n; k++) exact_one(x, a_n, c_n, b_n, ix[k], o, tl, th, bounded, total, inv_total);
     } else {
         for (Py_ssize_t c0 = 0; c0 < c_n; c0 += EXACT_BLOCK)
             exact_block(x, a_n, c_n, b_n, c0, c_n - c0 < EXACT_BLOCK ? c_n - c0 : EXACT_BLOCK, o, tl, th, bounded,
@@ -782,6 +782,18 @@ static PyObject *chanexact(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*nnnw*ddpO", &data, &a_n, &c_n, &b_n, &out, &lo, &hi, &bounded, &idx_obj))
         return NULL;
     return exact_core((const float *)data.buf, &data, a_n, c_n, b_n, out, lo, hi, bounded, idx_obj);
+}
+
+/* The leading int arguments of the address-taking functions (a data address, then sizes): read
+ * into out, which gets n values. Returns 0, or -1 with an exception set. */
+static int read_ints(PyObject *const *args, Py_ssize_t n, unsigned long long *address, Py_ssize_t *out) {
+    *address = PyLong_AsUnsignedLongLong(args[0]);
+    if (*address == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out[i] = PyLong_AsSsize_t(args[i + 1]);
+        if (out[i] == -1 && PyErr_Occurred()) return -1;
+    }
+    return 0;
 }
 
 /* chanexact_ptr(address, shape, cdim, out, lo, hi, bounded): chanexact of the C-contiguous
@@ -841,10 +853,9 @@ static PyObject *bytes_at(PyObject *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "bytes_at(address, nbytes): expected 2 arguments");
         return NULL;
     }
-    unsigned long long address = PyLong_AsUnsignedLongLong(args[0]);
-    if (address == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
-    if (n == -1 && PyErr_Occurred()) return NULL;
+    unsigned long long address;
+    Py_ssize_t n;
+    if (read_ints(args, 1, &address, &n) < 0) return NULL;
     if (n < 0 || (address == 0 && n > 0)) {
         PyErr_Format(PyExc_ValueError, "bytes_at: expected a data address and a size >= 0, got %llu and %zd", address, n);
         return NULL;
@@ -862,12 +873,10 @@ static PyObject *rows_at(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_TypeError, "rows_at(address, C, B, offsets): expected 4 arguments");
         return NULL;
     }
-    unsigned long long address = PyLong_AsUnsignedLongLong(args[0]);
-    if (address == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t c_n = PyLong_AsSsize_t(args[1]);
-    if (c_n == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t b_n = PyLong_AsSsize_t(args[2]);
-    if (b_n == -1 && PyErr_Occurred()) return NULL;
+    unsigned long long address;
+    Py_ssize_t sizes[2];
+    if (read_ints(args, 2, &address, sizes) < 0) return NULL;
+    Py_ssize_t c_n = sizes[0], b_n = sizes[1];
     if (address == 0 || c_n < 0 || b_n < 1) {
         PyErr_Format(PyExc_ValueError, "rows_at: expected a data address, C >= 0 and B >= 1, got %llu, %zd and %zd", address, c_n, b_n);
         return NULL;

@@ -245,7 +245,7 @@ def _kernel(v: torch.Tensor, sample: Any = None, whole: bool = False) -> np.ndar
         return None
     a, c, b = v.shape
     extra = () if sample is None or sample.per != b or sample.channels != c else (sample.buffer, sample.offsets)
-    out = (fast_block if whole else _stats5)(v.numpy(), a, c, b, extra)
+    out = (fast_block if whole else _five_rows)(v.numpy(), a, c, b, extra)
     if extra:
         sample.filled = True
     return out
@@ -262,7 +262,9 @@ def fast_block(data: np.ndarray, a: int, c: int, b: int, extra: tuple[np.ndarray
     return out
 
 
-def _stats5(data: np.ndarray, a: int, c: int, b: int, extra: tuple[np.ndarray, np.ndarray] | tuple[()] = ()) -> np.ndarray:
+def _five_rows(data: np.ndarray, a: int, c: int, b: int, extra: tuple[np.ndarray, np.ndarray] | tuple[()] = ()) -> np.ndarray:
+    """``_fast.chanstats``' ``[5, C]`` rows (min, max, sum, sum of squares, non-zero count) of the
+    same array, for the fast path that counts bounds."""
     out = np.empty((5, c))
     _pass(_fast.chanstats, data, a, c, b, out, extra, c // 2)
     return out
