@@ -313,13 +313,17 @@ class Recorder:
             frames.append(e.frame)
             mode = self._mode
             if e.pauses and self._mode_on and mode is not None:
-                self._mode_on = False
                 n = _stack_len()
-                if n and _stack_at(n - 1) is mode:  # on top: the usual case, without a call
+                if n and _stack_at(n - 1) is mode:  # on top: the usual case
                     _stack_pop()
-                else:
-                    _ops.remove(mode)
-                frames.append(_PAUSED)
+                    self._mode_on = False
+                    frames.append(_PAUSED)
+                # Otherwise a mode the forward entered itself lies above featcheck's (``with
+                # torch.device(...)`` around a layer): it stays where it is. Taken from under that
+                # mode and put back on top after the leaf, it would be what that mode's __exit__
+                # pops (it pops the top), leaving the user's mode on the stack after the capture.
+                # The leaf's own calls are not recorded (its frame says so), and a fused module's
+                # fast path is off under the user's mode anyway.
 
         return pre
 

@@ -188,6 +188,52 @@ def test_no_mode_or_hook_left_after_an_exception() -> None:
     assert torch._C._len_torch_function_stack() == before and _no_hooks(model)
 
 
+class ModeInForward(nn.Module):
+    """A forward that enters torch function modes itself, around layers: ``torch.device(...)``
+    (a mode), the user's own, and one around torch's fused attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU())
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.logger = Logger()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.device("cpu"):
+            y = self.conv(x)
+            y = y * 2  # an op under the user's mode: recorded too
+        with self.logger:
+            y = self.block(y) + y
+        t = y.flatten(2).transpose(1, 2)
+        with torch.device("cpu"):
+            t = self.attn(t, t, t, need_weights=False)[0]
+        return F.relu(t)
+
+
+def test_modes_the_forward_enters_itself_stay_the_users_and_leave_with_it() -> None:
+    """A mode entered inside forward around a leaf lies above featcheck's: featcheck's stays under
+    it (taken out and put back on top, it was what the user's ``__exit__`` popped, and the user's
+    mode stayed on the stack after the capture, featcheck's lost for the rest of the forward)."""
+    torch.manual_seed(0)
+    model = ModeInForward().eval()
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        ref = model(x)
+        plain_calls = list(model.logger.calls)
+    model.logger.calls.clear()
+    cap = featcheck.capture(model, x)
+    assert torch._C._len_torch_function_stack() == 0 and _no_hooks(model)
+    assert torch.equal(cap.output, ref)  # the fused attention's path as in a plain forward under the mode
+    assert model.logger.calls == plain_calls  # the user's mode saw what it sees without featcheck
+    assert {"mul", "add", "relu"} <= set(cap.names) and "block.1" in cap.names
+    with featcheck.watch(model, layers="relu") as w:
+        for _ in range(3):
+            model(x)
+            assert torch._C._len_torch_function_stack() == 0  # nothing between forwards, the user's modes gone with their blocks
+    assert w["relu"].forwards == 3 and torch._C._len_torch_function_stack() == 0
+
+
 def test_user_modes_see_the_same_calls_and_none_of_featchecks() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
