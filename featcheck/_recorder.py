@@ -141,6 +141,9 @@ _stack_push = torch._C._push_on_torch_function_stack
 # featcheck's own torch calls are seen by no torch function mode, the user's or its own.
 _quiet = torch._C.DisableTorchFunction
 _compiling = torch.compiler.is_compiling
+# The backward pass (graph task) running in this thread, or _NO_TASK.
+_graph_task = torch._C._current_graph_task_id
+_NO_TASK = -1
 
 # torch's fused modules: an active mode switches off their fast paths and changes their output.
 _FUSED = _layout.FUSED
@@ -347,6 +350,8 @@ class Recorder:
             e = entries.get(id(module))
             if e is None or e.module is not module or (_compiling() and passes):
                 return
+            if not self._depth and _graph_task() != _NO_TASK:
+                return  # recomputed by a backward pass (activation checkpointing): see _start
             out = rest[-1]
             resume = False
             if frames:
@@ -410,6 +415,12 @@ class Recorder:
     def _start(self, module: nn.Module) -> bool:
         """The root's call: a forward pass of the model begins, unless the root is calling itself
         (then False: one forward pass, and that call is one call within it)."""
+        if not self._depth and _graph_task() != _NO_TASK:
+            # A backward pass is running: activation checkpointing (torch.utils.checkpoint)
+            # recomputing a segment of the forward, not a forward of the model. Its module and
+            # operation calls are not recorded (they would count the segment twice), nor is the
+            # model's when the whole model is checkpointed; the hooks see depth 0 and pass.
+            return True
         self._depth += 1
         if self._depth > 1:
             return False

@@ -455,3 +455,67 @@ def test_gradient_flow_picture() -> None:
     with pytest.raises(TypeError, match="expects a featcheck Capture"):
         featcheck.gradient_flow(cap["lin.0"])
     assert math.isfinite(float(pixels.mean()))
+
+
+class Checkpointed(nn.Module):
+    """A segment run under activation checkpointing: backward recomputes it."""
+
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.seg = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Conv2d(8, 4, 1)
+        self.reentrant = reentrant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.utils.checkpoint.checkpoint(self.seg, x, use_reentrant=self.reentrant)
+        return self.head(nn.functional.relu(y) * 2)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_recomputation_is_not_recorded_as_forwards(reentrant: bool) -> None:
+    """torch.utils.checkpoint reruns a segment's forward inside backward: those calls are not
+    forwards of the model (they counted the segment twice: forwards 2 for one forward, and its
+    statistics covered both runs, of which the second saw BatchNorm's updated running stats in
+    train mode). The statistics are those of the forwards alone, as a twin without checkpointing
+    records them."""
+    torch.manual_seed(0)
+    model = Checkpointed(reentrant).train()
+    twin = copy.deepcopy(model)
+    twin.forward = lambda x: twin.head(nn.functional.relu(twin.seg(x)) * 2)  # the same forward, not checkpointed
+    xs = [torch.randn(2, 3, 8, 8, requires_grad=True) for _ in range(3)]
+    caps = []
+    for net in (model, twin):
+        with featcheck.watch(net) as cap:
+            for x in xs:
+                net(x).sum().backward()
+        caps.append(cap)
+    got, want = caps
+    assert got.names == want.names and {"seg.0", "seg.1", "seg.2", "relu", "mul", "head"} <= set(got.names)
+    for name in got.names:
+        assert (got[name].forwards, got[name].samples) == (3, 6), name
+        for k, v in want[name].stats.items():
+            np.testing.assert_allclose(got[name].stats[k], v, rtol=1e-5, atol=1e-6, err_msg=f"{name} {k}")
+    # the gradients of records outside the segment; inside it, where its forward ran with autograd
+    # (the non-reentrant variant): a reentrant segment's forward runs under no_grad, and its
+    # recomputation is not recorded, so its records have none
+    for name in ["relu", "mul", "head", *(["seg.0", "seg.1", "seg.2"] if not reentrant else [])]:
+        assert got[name].grad is not None and got[name].grad.forwards == 3, name
+        for k, v in want[name].grad_stats.items():
+            np.testing.assert_allclose(got[name].grad_stats[k], v, rtol=1e-5, atol=1e-6, err_msg=f"{name} grad {k}")
+    cap = featcheck.capture(model, xs[0], backward=lambda o: o.sum())
+    assert all(r.forwards == 1 for r in cap.values()) and torch._C._len_torch_function_stack() == 0
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_model_checkpointed_whole_counts_one_forward_per_call(reentrant: bool) -> None:
+    """The user checkpoints the whole model: its recomputation in backward starts no forward
+    (non-reentrant checkpointing also stops its recomputation early by raising inside it, which
+    the forward's transaction already dropped)."""
+    torch.manual_seed(0)
+    model = models.TinyCNN().train()
+    with featcheck.watch(model) as cap:
+        for _ in range(2):
+            x = torch.randn(2, 3, 16, 16, requires_grad=True)
+            out = torch.utils.checkpoint.checkpoint(model, x, use_reentrant=reentrant)
+            out.sum().backward()
+    assert cap.forwards == 2 and all(r.forwards == 2 for r in cap.values())
