@@ -219,11 +219,17 @@ def _check_args(
 # -- one inspection per model at a time ---------------------------------------------------------
 
 _lock = threading.Lock()
-_active: dict[int, tuple[weakref.ref[nn.Module], str]] = {}
+# id(root) -> (root, what holds it, the root's modules): the inspections running now
+_active: dict[int, tuple[weakref.ref[nn.Module], str, list[nn.Module]]] = {}
 
 
 @contextmanager
-def _exclusive(model: nn.Module, what: str) -> Iterator[None]:
+def _exclusive(model: nn.Module, what: str, modules: list[nn.Module]) -> Iterator[None]:
+    """One inspection per module at a time: refused while another inspection, in any thread, holds
+    ``model`` or any of its ``modules`` (``model.modules()``), such as a ``watch`` of a model and a
+    ``capture`` of one of its blocks. Each inspection's hooks see every call of its modules, so the
+    outer one would count the inner one's forwards (and the forward the inner one runs in eval
+    mode) as its own."""
     key = id(model)
     with _lock:
         held = _active.get(key)
@@ -233,7 +239,22 @@ def _exclusive(model: nn.Module, what: str) -> Iterator[None]:
                 f"{held[1]}; two inspections of one model would see each other's forward passes. "
                 "Run them one after the other, or inspect a copy (copy.deepcopy(model))."
             )
-        _active[key] = (weakref.ref(model), f"a featcheck.{what} in thread {threading.current_thread().name!r}")
+        mine: set[int] | None = None
+        for ref, holder, theirs in _active.values():  # usually none: no set is built
+            other = ref()
+            if other is None:
+                continue
+            if mine is None:
+                mine = set(map(id, modules))
+            if not mine.isdisjoint(map(id, theirs)):
+                raise RuntimeError(
+                    f"featcheck.{what}: this {type(model).__name__} shares modules with a "
+                    f"{type(other).__name__} already being inspected by {holder} (one holds the "
+                    "other, or both hold the same submodule); two inspections would see each "
+                    "other's forward passes, and the outer one would count the inner one's as its "
+                    "own. Run them one after the other, or inspect a copy (copy.deepcopy(model))."
+                )
+        _active[key] = (weakref.ref(model), f"a featcheck.{what} in thread {threading.current_thread().name!r}", modules)
     try:
         yield
     finally:
@@ -407,7 +428,7 @@ def capture(
         device = next((p.device for p in eager.parameters()), None)
         if device is not None:
             args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
-    with _exclusive(eager, "capture"):
+    with _exclusive(eager, "capture", walk.modules):
         state: ModelState | None = None
         guard = _Interrupts()
         try:
@@ -546,7 +567,7 @@ def watch(
             stacklevel=3,
         )
     recorder.grads = grads = _grads.Gradients(keep_samples, watching=True)
-    with _exclusive(eager, "watch"):
+    with _exclusive(eager, "watch", walk.modules):
         guard = _Interrupts()
         steps: _grads.StepHooks | None = None
         try:

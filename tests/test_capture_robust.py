@@ -225,6 +225,36 @@ def test_a_second_overlapping_inspection_of_one_model_is_refused() -> None:
     assert no_hooks(model)
 
 
+def test_an_inspection_of_a_block_of_a_model_being_inspected_is_refused_and_the_outer_one_stays_true() -> None:
+    """A capture of ``model.layer1`` inside a ``watch`` of ``model`` was seen by the watch's hooks:
+    its forward counted as a second forward of layer1's modules (forwards 2 for one forward of
+    the model). Overlapping inspections are refused both ways, and for two models sharing a
+    submodule; the outer inspection's records stay those of its own forwards."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with featcheck.watch(model, ops=False) as cap:
+        model(x)
+        with pytest.raises(RuntimeError, match=r"this Sequential shares modules with a ResNet already being inspected by a featcheck.watch"):
+            featcheck.capture(model.layer1, torch.randn(1, 64, 8, 8))
+        with pytest.raises(RuntimeError, match="shares modules with a ResNet"):
+            with featcheck.watch(model.layer1[0].conv1):
+                pass
+        model(x)
+    assert cap.forwards == 2 and {r.forwards for r in cap.values()} == {2}
+    with featcheck.watch(model.layer1):
+        with pytest.raises(RuntimeError, match=r"this ResNet shares modules with a Sequential already being inspected"):
+            featcheck.capture(model, x)
+    shared = nn.Conv2d(3, 4, 1)  # one submodule in two models
+    a, b = nn.Sequential(shared, nn.ReLU()), nn.Sequential(nn.Identity(), shared)
+    with featcheck.watch(a):
+        with pytest.raises(RuntimeError, match="shares modules with a Sequential"):
+            featcheck.capture(b, torch.randn(1, 3, 4, 4))
+        assert len(featcheck.capture(nn.Sequential(nn.Conv2d(3, 4, 1)), torch.randn(1, 3, 4, 4))) == 1  # disjoint: fine
+    assert len(featcheck.capture(model.layer1, torch.randn(1, 64, 8, 8))) > 0  # one after the other: fine
+    assert no_hooks(model) and no_hooks(a) and no_hooks(b)
+
+
 def test_threads_capturing_different_models_see_only_their_own_forwards() -> None:
     results: dict[int, tuple[int, int]] = {}
 
