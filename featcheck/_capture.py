@@ -16,6 +16,7 @@ module checks the arguments, selects the layers, and makes attaching and restori
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import gc
@@ -35,6 +36,9 @@ from . import _grads, _ops, _selection, _walk
 from ._records import Capture, LayerCapture
 from ._recorder import Recorder
 from ._state import ModelState, preserved_rng
+
+# featcheck's own torch calls are seen by no torch function mode, the user's or its own.
+_quiet = torch._C.DisableTorchFunction
 
 __all__ = ["Capture", "LayerCapture", "capture", "select_modules", "unwrap", "watch"]
 
@@ -433,24 +437,33 @@ def capture(
         guard = _Interrupts()
         try:
             guard.critical = True
-            state = ModelState(eager, walk.modules)
-            recorder.attach(eager, selected, walk)
+            with _quiet():  # featcheck's own torch calls are seen by no torch function mode of the user's
+                state = ModelState(eager, walk.modules)
+                recorder.attach(eager, selected, walk)
             guard.release()
-            with preserved_rng(list(state.tensors())), torch.set_grad_enabled(grad):
-                _walk.set_mode(eager, walk, train, state.training, state.classes)  # as the snapshot read them
+            modes = contextlib.ExitStack()  # entered and left with no torch function mode seeing it
+            try:
+                with _quiet():
+                    modes.enter_context(preserved_rng(list(state.tensors())))
+                    modes.enter_context(torch.set_grad_enabled(grad))
+                    _walk.set_mode(eager, walk, train, state.training, state.classes)  # as the snapshot read them
                 with _quiet_compile_warning(run is not eager):
                     out = run(*args, **kwargs)
                 if recorder.grads is not None and backward is not None:
                     recorder.grads.run(eager, out, backward, inputs)
                     recorder.output = _grads.detached(recorder.output)
                     del out
+            finally:
+                with _quiet():
+                    modes.close()
         finally:
             def undo() -> None:
-                recorder.detach()
-                if recorder.grads is not None:
-                    recorder.grads.close()
-                if state is not None:
-                    state.restore()
+                with _quiet():
+                    recorder.detach()
+                    if recorder.grads is not None:
+                        recorder.grads.close()
+                    if state is not None:
+                        state.restore()
 
             guard.cleanup(undo)
         recorder.finalize()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -245,6 +247,24 @@ def test_user_modes_see_the_same_calls_and_none_of_featchecks() -> None:
             model(x)
     assert cap["layer1.0.add"].forwards == 1
     assert inside.calls == plain.calls
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_user_modes_see_none_of_captures_snapshot_and_restore(train: bool) -> None:
+    """capture's snapshot of the model, its mode switch and its restore (which writes BatchNorm's
+    running statistics back after a train=True forward) ran under the user's mode: it saw dozens
+    of featcheck's calls (``__get__``, ``is_contiguous``, ``data_ptr``, ``copy_``...)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    twin = copy.deepcopy(model).train(train)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), Logger() as plain:
+        twin(x)
+    with Logger() as inside:
+        cap = featcheck.capture(model, x, train=train)
+    assert cap["layer1.0.add"].forwards == 1 and not model.training
+    assert inside.calls == plain.calls
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), copy.deepcopy(model).state_dict().values()))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "vit_b_32", "mobilenet_v3_small", "transformer"])
