@@ -540,6 +540,9 @@ class Recorder:
         the module's or the operation's arguments."""
         rec = self.records.get(rname)
         try:
+            if t.is_nested:  # no regular shape (or a symbolic one) to make a record of
+                _warn(f"featcheck: layer {rname!r}: nested tensors ({t.layout}) are not reduced: no record")
+                return
             cdim = None
             if self._override is not None:  # the user's channel_dim= depends on names only: asked once
                 cdim = self._overrides.get(rname, _UNSET)
@@ -599,9 +602,11 @@ class Recorder:
             if self.grads is not None and t.requires_grad:
                 self.grads.hook(rec, t, cdim)
         except Exception as e:  # never break the user's forward for a picture or a statistic
-            if rec is None:
+            why = f"an output was not recorded: {type(e).__name__}: {e}"
+            if rec is None:  # no record to note it on
+                _warn(f"featcheck: layer {rname!r}: {why}")
                 return
-            _note(rec, f"an output was not recorded: {type(e).__name__}: {e}")
+            _note(rec, why)
 
     def _commit(self) -> None:
         """Apply what this forward's calls contributed: one host transfer per device."""

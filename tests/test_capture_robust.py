@@ -74,6 +74,39 @@ def test_complex_and_sparse_outputs_are_skipped_with_a_note_never_raised() -> No
     featcheck.assert_finite(cap, layers="conv")
 
 
+class Ragged(nn.Module):
+    """A leaf that returns a nested tensor: sequences of different lengths."""
+
+    def __init__(self, layout: torch.layout) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+        self.layout = layout
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        y = y * self.scale
+        return torch.nested.nested_tensor([y[0], y[1, :1]], layout=self.layout)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+@pytest.mark.parametrize("layout", [torch.strided, torch.jagged])
+def test_nested_tensor_outputs_are_skipped_with_a_warning_never_raised(layout: torch.layout) -> None:
+    """A nested output has no regular shape: it was dropped without a word (strided layout), or
+    its symbolic shape made the commit raise inside the user's forward (jagged layout)."""
+    model = nn.Sequential(nn.Linear(3, 3), Ragged(layout))
+    x = torch.randn(2, 4, 3)
+    with torch.no_grad():
+        plain = model(x)
+    with pytest.warns(RuntimeWarning, match=r"layer '1': nested tensors \(torch\.(strided|jagged)\) are not reduced"):
+        cap = featcheck.capture(model, x)
+    assert cap.names == ["0"] and cap["0"].stats["count"].sum() == 24
+    assert all(torch.equal(a, b) for a, b in zip(cap.output.unbind(), plain.unbind()))
+    with pytest.warns(RuntimeWarning, match="nested tensors"):
+        with featcheck.watch(model) as w:
+            model(x)
+            model(x)
+    assert w.names == ["0"] and w["0"].forwards == 2
+
+
 def test_a_layout_that_changes_between_forwards_is_a_note_not_an_exception() -> None:
     model = nn.Sequential(nn.Identity())
     with pytest.warns(RuntimeWarning, match="cannot be merged across layouts"):
