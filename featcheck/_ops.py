@@ -21,13 +21,19 @@ never recorded, the function selectors (``layers=F.relu``), and the mode stack h
 from __future__ import annotations
 
 import fnmatch
+import functools
+import inspect
+import operator
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["DROPOUTS", "NOT_RECORDED", "Operation", "could_name_op", "is_op_selector", "op_bounds", "op_name"]
+__all__ = [
+    "DROPOUTS", "NOT_RECORDED", "Operation", "could_name_op", "is_op_selector", "op_bounds", "op_name", "selector_op",
+]
 
 
 class Operation:
@@ -160,15 +166,130 @@ def could_name_op(stem: str, module_names: Mapping[str, Any]) -> bool:
     return any(fnmatch.fnmatchcase(n, tail) for n in _known) if pattern else tail in _known
 
 
-def is_op_selector(obj: Any) -> bool:
-    """Is ``obj`` a torch function (``F.relu``, ``torch.cat``, ``torch.Tensor.add``) that selects
-    operations, rather than a predicate ``(name, module) -> bool``?"""
-    if not callable(obj) or isinstance(obj, type):
-        return False
+# -- function selectors (layers=F.relu) -------------------------------------------------------------
+#
+# A selector that is a torch function or an operator is never called: it is recognised by what it
+# is. torch.overrides.get_overridable_functions() misses many (F.relu_, F.hardswish, F.tanh,
+# torch.clamp_, torch.sigmoid_, operator.add), so a callable is torch's when it is
+# * in that set;
+# * a function, builtin or descriptor that torch defines: its ``__module__`` is ``torch`` or
+#   ``torch.*`` (torch.nn.functional, torch._C._nn, torch._C._special, ...), it is a method or
+#   slot of the tensor class (``__objclass__``), or a builtin method bound to a tensor (``x.add``);
+# * a Python method bound to a tensor, or an object of a class torch defines (torch.ops.aten.relu);
+# * a ``functools.partial`` of one of these.
+# ``operator`` module functions select the tensor operator of their name (operator.add: ``+``,
+# operator.iadd: ``+=``). Predicates (lambdas, the user's functions, partials of them, objects of
+# the user's classes, bound methods of the user's objects) are none of these.
+
+_FUNCTION_KINDS = (
+    types.FunctionType, types.BuiltinFunctionType, types.MethodDescriptorType,
+    types.WrapperDescriptorType, types.MethodWrapperType, types.ClassMethodDescriptorType,
+)
+# Python functions of torch.nn.functional whose records carry another operation's name.
+_SELECTOR_ALIASES = {"upsample": "interpolate", "upsample_bilinear": "interpolate", "upsample_nearest": "interpolate"}
+_OPERATOR_ALIASES = {"inv": "invert"}
+# Why a selected operation can never have a record.
+_NEVER = (
+    (SHAPE_OPS, "shape and view operations (view, reshape, flatten, permute, transpose, indexing, "
+     "split, ...) compute no new values; featcheck only passes the channel axis through them"),
+    (_CONVERSIONS, "conversions (to, float, half, type_as, clone, detach, ...) compute no new values"),
+    (_FACTORIES, "factories (zeros, ones, full, arange, rand, randn, tensor, new_*, *_like, ...) "
+     "compute nothing from the layer's input"),
+    (frozenset({"setitem", "delitem"}), "assignments (x[i] = v) are not recorded"),
+)
+
+
+def _torch_module(mod: Any) -> bool:
+    return isinstance(mod, str) and (mod == "torch" or mod.startswith("torch."))
+
+
+def _is_torch_callable(obj: Any) -> bool:
+    """Is ``obj`` (no partial, class or module) a function, method or callable object of torch's?
+    Decided from its type and attributes, never by calling it."""
     try:
-        return obj in _functions()
-    except TypeError:
-        return False
+        if obj in _functions():
+            return True
+    except TypeError:  # unhashable
+        pass
+    if isinstance(obj, types.MethodType):  # a Python method bound to an object
+        return isinstance(obj.__self__, torch.Tensor)
+    if isinstance(obj, _FUNCTION_KINDS):
+        if _torch_module(getattr(obj, "__module__", None)):
+            return True
+        owner = getattr(obj, "__objclass__", None)  # Tensor.add, Tensor.__getitem__
+        if isinstance(owner, type) and issubclass(owner, torch._C.TensorBase):
+            return True
+        return isinstance(getattr(obj, "__self__", None), torch.Tensor)  # x.add
+    return _torch_module(type(obj).__module__)  # torch.ops.aten.relu and other callable objects
+
+
+def _operator_op(name: str) -> str | None:
+    """The operation an ``operator`` module function performs on tensors (``None``: tensors have
+    no such operator)."""
+    bare = _OPERATOR_ALIASES.get(name, name.rstrip("_"))
+    dunder = inspect.getattr_static(torch.Tensor, f"__{bare}__", None)
+    if callable(dunder):
+        return op_name(dunder)
+    return _DUNDER.get(bare)
+
+
+def _selector(obj: Any) -> tuple[str, str | None, Any] | None:
+    """``(op name, why it is never recorded or None, the function)`` for a function selector
+    (a partial is unwrapped); ``None`` for anything else (a predicate, a class, a module)."""
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    if isinstance(obj, (type, torch.nn.Module)) or not callable(obj):
+        return None
+    name = getattr(obj, "__name__", None)
+    if isinstance(name, str) and getattr(operator, name, None) is obj:
+        op = _operator_op(name)
+        if op is None:
+            return name, "tensors have no such operator", obj
+    elif _is_torch_callable(obj):
+        op = op_name(obj)
+        op = _SELECTOR_ALIASES.get(op, op)
+    else:
+        return None
+    why = next((why for ops, why in _NEVER if op in ops), None)
+    return op, why, obj
+
+
+def _describe(obj: Any) -> str:
+    """How the user spelled a function selector, near enough: ``torch.flatten``, ``Tensor.view``."""
+    name = getattr(obj, "__name__", None)
+    if not isinstance(name, str):
+        return type(obj).__name__
+    if getattr(obj, "__objclass__", None) is not None or isinstance(getattr(obj, "__self__", None), torch.Tensor):
+        return f"Tensor.{name}"
+    mod = getattr(obj, "__module__", None)
+    mod = {"_operator": "operator", "torch._C._nn": "torch.nn.functional"}.get(mod, mod)
+    return f"{mod}.{name}" if isinstance(mod, str) else name
+
+
+def is_op_selector(obj: Any) -> bool:
+    """Is ``obj`` a torch function (``F.relu``, ``torch.cat``, ``torch.Tensor.add``, ``F.relu_``,
+    ``torch.clamp_``) or an ``operator`` function (``operator.add``) that selects operations,
+    rather than a predicate ``(name, module) -> bool``? Never calls ``obj``."""
+    return _selector(obj) is not None
+
+
+def selector_op(obj: Any) -> str | None:
+    """The name of the operation a function selector selects (the name its records carry:
+    ``relu`` for ``F.relu``, ``F.relu_``, ``torch.relu`` and ``Tensor.relu_``, ``add`` for
+    ``operator.add`` and ``operator.iadd``); ``None`` when ``obj`` is not one (a predicate).
+    Raises ValueError for one featcheck never records (``torch.flatten``, ``Tensor.view``,
+    ``torch.zeros``): it could select nothing."""
+    sel = _selector(obj)
+    if sel is None:
+        return None
+    op, why, func = sel
+    if why is not None:
+        raise ValueError(
+            f"layers= got {_describe(func)}, which featcheck never records, so it could select nothing: {why}. "
+            "Select the layers or operations that compute the values instead (by name, class or "
+            "function); the README's Operations section lists what is not recorded."
+        )
+    return op
 
 
 _compiling = torch.compiler.is_compiling

@@ -447,3 +447,192 @@ def test_custom_functions_and_compiled_helpers_keep_results_and_leave_nothing() 
     assert cap.names[0] == "conv" and cap.names[-1] == "relu"
     assert {"mul", "sigmoid"} <= set(cap.names)  # a custom Function's forward reads as inline code
     assert torch._C._len_torch_function_stack() == 0 and _no_hooks(model)
+
+
+# -- selectors that are modules or torch functions are never called ------------------------------
+
+
+class _Gate(nn.Module):
+    """Counts its forwards; called as a predicate ``(name, module)`` it would count one more."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor, ctx: object = None) -> torch.Tensor:
+        self.calls += 1
+        return torch.sigmoid(self.fc(x)) if isinstance(x, torch.Tensor) else False  # type: ignore[return-value]
+
+
+class _Gated(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(4, 4)
+        self.gate = _Gate()
+        self.shared = self.stem  # one module under two names: recorded as "stem"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(torch.relu(self.stem(x)))
+
+
+class _Activations(nn.Module):
+    """Calls torch functions that get_overridable_functions() does not list (F.hardswish, F.tanh,
+    torch.sigmoid_, torch.clamp_, F.relu_, torch.exp_) and Python operators."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        a = F.hardswish(h)
+        b = F.tanh(h)
+        c = torch.sigmoid_(h * 1.5)
+        d = torch.clamp_(h - 0.5, -1.0, 1.0)
+        e = F.relu_(h - 100.0)  # dead: every channel is 0
+        out = a + b
+        out += c
+        return torch.exp_(out + d + e)
+
+
+def _forwards(model: nn.Module) -> list[int]:
+    ran: list[int] = []
+    model.register_forward_pre_hook(lambda m, a: ran.append(1))
+    return ran
+
+
+def test_module_instances_select_their_records_and_are_never_called() -> None:
+    model = _Gated().eval()
+    x = torch.randn(2, 4)
+    cap = featcheck.capture(model, x, layers=model.gate)
+    assert cap.names == ["gate"] and model.gate.calls == 1  # one forward, no call as a predicate
+    assert featcheck.capture(model, x, layers=model.stem).names == ["stem"]  # Linear: was a TypeError
+    assert featcheck.capture(model, x, layers=model.shared).names == ["stem"]  # by identity
+    assert featcheck.capture(model, x, layers=[model.gate.fc, "stem", F.relu]).names == ["stem", "relu", "gate.fc"]
+    assert model.gate.calls == 4
+    with featcheck.watch(model, layers=[model.gate, model.gate.fc]) as watched:
+        model(x)
+        model(x)
+    assert watched.names == ["gate.fc", "gate"] and watched["gate"].forwards == 2
+    assert model.gate.calls == 6
+    full = featcheck.capture(model, x, layers=[nn.Linear, _Gate, F.relu])
+    assert [lc.name for lc in full.select(model.gate.fc)] == ["gate.fc"]
+    assert [lc.name for lc in full.select([model.gate, F.relu])] == ["relu", "gate"]
+    featcheck.assert_finite(full, layers=model.gate)
+    featcheck.assert_finite(cap, layers=[model.gate])
+    assert model.gate.calls == 7
+
+
+def test_module_instances_not_in_the_model_raise_before_any_forward() -> None:
+    model = _Gated().eval()
+    x = torch.randn(2, 4)
+    ran = _forwards(model)
+    stranger = nn.Linear(4, 4)
+    with pytest.raises(featcheck.LayerNotFoundError) as e:
+        featcheck.capture(model, x, layers=stranger)
+    msg = str(e.value)
+    assert "layers= got a Linear instance that matches nothing in _Gated.named_modules()" in msg
+    assert "it is not a module of this model" in msg
+    assert "Pass a module of the model (model.stem), its name ('stem') or its class (nn.Linear)" in msg
+    with pytest.raises(featcheck.LayerNotFoundError, match="Linear instance"):
+        with featcheck.watch(model, layers=["gate", stranger]):
+            model(x)
+    with pytest.raises(featcheck.LayerNotFoundError, match="_Gated instance .*: it is the model itself"):
+        featcheck.capture(model, x, layers=model)
+    assert not ran and model.gate.calls == 0
+    cap = featcheck.capture(model, x, layers="stem")
+    with pytest.raises(featcheck.LayerNotFoundError, match="_Gate instance that matches nothing in this capture"):
+        cap.select(model.gate)  # part of the model, but not recorded
+    with pytest.raises(featcheck.LayerNotFoundError, match="Linear instance"):
+        featcheck.assert_finite(cap, layers=stranger)
+    assert model.gate.calls == 1
+
+
+def test_torch_functions_outside_get_overridable_functions_select_their_records() -> None:
+    import operator
+
+    model = _Activations().eval()
+    x = torch.randn(3, 4)
+    ran = _forwards(model)
+    full = featcheck.capture(model, x)
+    assert full.names == [
+        "fc", "hardswish", "tanh", "mul", "sigmoid", "sub", "clamp", "sub:2", "relu",
+        "add", "add:2", "add:3", "add:4", "exp",
+    ]
+    expected = {
+        F.hardswish: ["hardswish"], F.tanh: ["tanh"], F.sigmoid: ["sigmoid"], torch.sigmoid_: ["sigmoid"],
+        torch.clamp_: ["clamp"], F.relu_: ["relu"], torch.exp_: ["exp"], operator.sub: ["sub", "sub:2"],
+        operator.add: ["add", "add:2", "add:3", "add:4"], operator.iadd: ["add", "add:2", "add:3", "add:4"],
+        operator.mul: ["mul"],
+    }
+    for sel, names in expected.items():
+        assert featcheck.capture(model, x, layers=sel).names == names, sel
+        assert [lc.name for lc in full.select(sel)] == names, sel
+        with featcheck.watch(model, layers=[sel, "fc"]) as watched:
+            model(x)
+        assert watched.names == ["fc", *names], sel
+    assert len(ran) == 1 + 2 * len(expected)  # every forward is a capture's or a watch's
+    featcheck.assert_finite(full, layers=[F.hardswish, torch.sigmoid_])
+    with pytest.raises(AssertionError, match="relu") as e:
+        featcheck.assert_no_dead_channels(full, layers=F.relu_)
+    assert "tanh" not in str(e.value)
+    assert featcheck.capture(model, x, layers=F.hardtanh_).names == []  # recordable, not called: a filter
+
+
+def test_torch_functions_featcheck_never_records_raise_before_any_forward() -> None:
+    import operator
+
+    model = _Activations().eval()
+    x = torch.randn(3, 4)
+    ran = _forwards(model)
+    for sel, why in [
+        (torch.flatten, "shape and view operations"),
+        (torch.Tensor.view, "shape and view operations"),
+        (operator.getitem, "shape and view operations"),
+        (torch.zeros, "factories"),
+        (torch.Tensor.float, "conversions"),
+    ]:
+        with pytest.raises(ValueError, match=f"never records, so it could select nothing: {why}"):
+            featcheck.capture(model, x, layers=sel)
+        with pytest.raises(ValueError, match="never records"):
+            with featcheck.watch(model, layers=["fc", sel]):
+                model(x)
+    with pytest.raises(ValueError, match="layers= got torch.flatten, which featcheck never records"):
+        featcheck.capture(model, x, layers=[nn.Linear, torch.flatten])
+    assert not ran
+    cap = featcheck.capture(model, x)
+    with pytest.raises(ValueError, match="layers= got torch.zeros, which featcheck never records"):
+        featcheck.assert_finite(cap, layers=torch.zeros)
+
+
+def test_predicates_are_still_called_beside_module_and_function_selectors() -> None:
+    import functools
+
+    model = _Gated().eval()
+    x = torch.randn(2, 4)
+    seen: list[tuple[str, type]] = []
+
+    def is_linear(name: str, module: nn.Module) -> bool:
+        seen.append((name, type(module)))
+        return isinstance(module, nn.Linear)
+
+    class NamedLike:
+        def __init__(self, stem: str) -> None:
+            self.stem = stem
+
+        def __call__(self, name: str, module: nn.Module) -> bool:
+            return name.startswith(self.stem)
+
+    def starts(name: str, module: nn.Module, prefix: str) -> bool:
+        return name.startswith(prefix)
+
+    assert featcheck.capture(model, x, layers=[is_linear, model.gate]).names == ["stem", "gate.fc", "gate"]
+    assert ("stem", nn.Linear) in seen and ("gate", _Gate) in seen
+    assert featcheck.capture(model, x, layers=lambda n, m: n == "gate").names == ["gate"]
+    assert featcheck.capture(model, x, layers=[NamedLike("gate."), F.relu_]).names == ["relu", "gate.fc"]
+    assert featcheck.capture(model, x, layers=functools.partial(starts, prefix="st")).names == ["stem"]
+    assert model.gate.calls == 4  # one forward per capture: no selector ever called the gate
+    cap = featcheck.capture(model, x, layers=[nn.Linear, _Gate])
+    assert [lc.name for lc in cap.select([NamedLike("stem"), model.gate])] == ["stem", "gate"]
+    assert model.gate.calls == 5
