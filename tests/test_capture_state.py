@@ -4,6 +4,7 @@ autograd graphs (issue 9, items 1 and 2)."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -427,3 +428,194 @@ def test_an_ordered_registry_reordered_keeps_each_value_with_its_key(snapshot_lo
     assert flat.unchanged([model._buffers])
     (saved,) = flat.saved()
     assert saved["a"] is a and saved["b"] is b
+
+
+# -- tensors whose bytes are not their values, layouts changed in forward, storages resized ----------
+
+
+def bits_of(t: torch.Tensor) -> torch.Tensor:
+    """A tensor's values, bitwise, as they read (a conjugate or negative view resolved)."""
+    t = t.detach().resolve_conj().resolve_neg().reshape(-1)
+    return t.clone() if t.dtype == torch.bool else t.view(torch.uint8).clone()
+
+
+def layout_of(t: torch.Tensor) -> tuple[object, ...]:
+    """Everything a capture must give back about one tensor, the same Python object."""
+    return (tuple(t.shape), t.stride(), t.dtype, t.device, t.is_conj(), t.is_neg(), t._version, bits_of(t))
+
+
+def assert_same_tensors(before: dict[str, tuple[object, ...]], model: nn.Module) -> None:
+    after = {n: layout_of(t) for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    assert before.keys() == after.keys()
+    for name, (a, b) in ((n, (before[n], after[n])) for n in before):
+        assert a[:7] == b[:7], f"{name}: (shape, stride, dtype, device, conj, neg, version) {a[:7]} != {b[:7]}"
+        assert torch.equal(a[7], b[7]), f"{name}: values changed"
+
+
+class WritesViewBuffers(nn.Module):
+    """Buffers that are conjugate or negative views (their bytes are not their values), each its
+    own memory, written in place by forward: with a version bump and through ``.data``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        z = torch.tensor([[1 + 2j, -3 + 0.5j], [0.25 - 4j, 5 + 0j]])
+        self.register_buffer("conj", z.clone().conj())  # contiguous 2-d conjugate view
+        self.register_buffer("conj_row", z[0].clone().conj())  # contiguous 1-d
+        self.register_buffer("conj_data", z[1].clone().conj())  # written through .data: no version bump
+        self.register_buffer("neg", torch.tensor([1.5, -2.0, 0.0])._neg_view())  # negative bit, contiguous
+        self.register_buffer("imag", z.clone().conj().imag)  # negative view, not contiguous
+        self.register_buffer("plain", torch.arange(3.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.conj.mul_(2)
+        self.conj_row.add_(1j)
+        self.conj_data.data.mul_(-1)
+        self.neg.add_(1)
+        self.imag.mul_(-3)
+        return x
+
+
+def test_conjugate_and_negative_buffers_written_in_place_are_put_back_bitwise(snapshot_loops: str) -> None:
+    model = WritesViewBuffers()
+    assert model.conj.is_conj() and model.neg.is_neg() and model.imag.is_neg()
+    before = {n: layout_of(t) for n, t in model.named_buffers()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is left unrestored
+        cap = featcheck.capture(model, torch.randn(2, 3))  # raised, or wrote their bytes as values
+    assert cap.note == ""
+    assert_same_tensors(before, model)
+    assert model.conj[0, 0].item() == 1 - 2j and model.neg.tolist() == [-1.5, 2.0, -0.0]
+
+
+class RebindsBuffers(nn.Module):
+    """forward changes buffers' shapes, strides and dtypes through ``.data =`` (no version bump) and
+    ``as_strided_``; one buffer's data it rebinds to another's (which restore must not write into),
+    and a parameter of its own it casts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("grow", torch.arange(4.0))
+        self.register_buffer("restride", torch.arange(6.0).reshape(2, 3))
+        self.register_buffer("transposed", torch.arange(6.0).reshape(2, 3).t())  # not contiguous
+        self.register_buffer("cast", torch.arange(4.0))
+        self.register_buffer("retyped", torch.zeros(4))  # as int32 at the same address: the same bytes
+        self.register_buffer("square", torch.arange(9.0).reshape(3, 3))
+        self.register_buffer("strided", torch.arange(6.0))
+        self.register_buffer("a", torch.zeros(3))
+        self.register_buffer("b", torch.ones(3))
+        self.register_buffer("untouched", torch.randn(5))
+        self.weight = nn.Parameter(torch.randn(2, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.grow.data = torch.zeros(7)
+        self.restride.data = torch.ones(3, 2).t()  # the same shape, other strides
+        self.transposed.data = torch.zeros(3, 2)  # contiguous now
+        self.cast.data = self.cast.data.double()
+        self.retyped.data = self.retyped.data.view(torch.int32)
+        self.square.data = self.square.data.t()  # a view of itself: the same address and shape
+        self.strided.as_strided_((2, 2), (1, 2), 1)
+        self.a.data = self.b  # a now shares b's storage
+        self.weight.data = self.weight.data.double()
+        return x
+
+
+def test_shapes_strides_and_dtypes_changed_through_data_or_as_strided_are_put_back(snapshot_loops: str) -> None:
+    model = RebindsBuffers()
+    before = {n: layout_of(t) for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    tensors = {n: t for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    square = model.square.data_ptr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cap = featcheck.capture(model, torch.randn(2, 3))
+    assert cap.note == ""
+    assert all(t is tensors[n] for n, t in [*model.named_parameters(), *model.named_buffers()])
+    assert_same_tensors(before, model)  # shapes, strides, dtypes, values bitwise; versions as they were
+    assert model.b.tolist() == [1.0, 1.0, 1.0]  # restoring a did not write its zeros into b's storage
+    assert model.a.data_ptr() != model.b.data_ptr()
+    assert model.square.data_ptr() == square  # its own storage, given its own layout back
+
+
+class InferenceRebinds(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("buf", torch.arange(4.0))
+        self.lin = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.buf.data = torch.zeros(7)  # an inference tensor given a normal tensor's data
+        return self.lin(x)
+
+
+def test_an_inference_buffer_whose_data_is_rebound_is_put_back_as_an_inference_tensor(snapshot_loops: str) -> None:
+    with torch.inference_mode():
+        model = InferenceRebinds()
+    buf = model.buf
+    cap = featcheck.capture(model, torch.randn(3, 2))  # raised: the rebound tensor had no version counter
+    assert cap.note == "" and model.buf is buf and buf.is_inference()
+    assert buf.shape == (4,) and buf.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+class ResizesStorages(nn.Module):
+    """forward resizes its buffers' storages (``untyped_storage().resize_``, no version bump):
+    freed, shrunk below what the tensor needs, grown; one buffer not contiguous."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("freed", torch.arange(4.0))
+        self.register_buffer("shrunk", torch.arange(4.0))
+        self.register_buffer("grown", torch.arange(4.0))
+        self.register_buffer("freed_t", torch.arange(6.0).reshape(2, 3).t())
+        self.register_buffer("untouched", torch.arange(3.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.freed.untyped_storage().resize_(0)
+        self.shrunk.untyped_storage().resize_(8)
+        self.grown.untyped_storage().resize_(64)
+        self.freed_t.untyped_storage().resize_(0)
+        return x
+
+
+def test_buffers_whose_storage_is_resized_in_forward_are_put_back(snapshot_loops: str) -> None:
+    model = ResizesStorages()
+    before = {n: layout_of(t) for n, t in model.named_buffers()}
+    storage = model.freed.untyped_storage()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cap = featcheck.capture(model, torch.randn(2, 3))  # raised (C loops) or crashed reading address 0
+    assert cap.note == ""
+    assert_same_tensors(before, model)
+    for name in ("freed", "shrunk", "freed_t"):  # their storages hold them again
+        t = getattr(model, name)
+        assert t.untyped_storage().nbytes() >= (t.storage_offset() + 6 if name == "freed_t" else 4) * 4, name
+    assert model.freed.untyped_storage()._cdata == storage._cdata and storage.nbytes() == 16  # grown back
+
+
+class RebindsLayerWeights(nn.Module):
+    """forward rebinds the data of torch.nn layers' parameters, of which featcheck keeps no copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.other = nn.Linear(3, 5)
+        self.kept = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.kept(self.other(self.lin(x))[:, :3])
+        self.lin.weight.data = self.lin.weight.data.double()
+        self.other.bias.data = torch.zeros(7)
+        self.kept.weight.untyped_storage().resize_(0)
+        return y
+
+
+def test_a_torch_nn_parameter_whose_data_is_rebound_or_storage_freed_is_reported(snapshot_loops: str) -> None:
+    model = RebindsLayerWeights()
+    weight, untouched = model.lin.weight, model.other.weight._version
+    with pytest.warns(RuntimeWarning, match=r"lin\.weight \(its \.data was rebound.*dtype torch\.float64") as record:
+        cap = featcheck.capture(model, torch.randn(2, 3))
+    message = str(record[0].message)
+    assert "other.bias (its .data was rebound" in message and "found shape (7,)" in message
+    assert "kept.weight (its storage was resized to 0 bytes" in message and "state_dict" in message
+    assert "lin.weight" in cap.note and "other.bias" in cap.note and "kept.weight" in cap.note
+    assert "other.weight" not in cap.note and "lin.bias" not in cap.note and model.other.weight._version == untouched
+    assert model.lin.weight is weight  # the Parameter object kept (its registration restored nothing)
+
