@@ -7,7 +7,8 @@ The rule, in order:
    pooling, padding, upsampling, pixel shuffle, channel dropout, torchvision's
    ``LayerNorm2d`` and ``FrozenBatchNorm2d``): dim 1.
 3. Modules that work on the last dim (``Linear``, ``Bilinear``, ``LayerNorm``,
-   ``RMSNorm``, ``Embedding``, ``MultiheadAttention``, transformer layers): the last dim.
+   ``RMSNorm``, ``Embedding``, ``MultiheadAttention``, transformer layers, Hugging Face's
+   ``Conv1D`` of GPT-2): the last dim.
 4. ``Permute`` modules (torchvision's ``ops.misc.Permute``) move the channel axis of
    their input to where their ``dims`` put it; ``Flatten`` gives dim 1.
 5. Anything else (activations, dropout, identity, containers, custom blocks)
@@ -150,9 +151,16 @@ def per_class(fn: Callable[[type], Any], cls: type) -> Any:
     return value
 
 
+# Channels-last classes of other libraries, by module prefix and class name: Hugging Face's
+# ``Conv1D`` (GPT-2 and its kin) is a Linear with its weight transposed, ``[..., nx] -> [..., nf]``.
+_CHANNELS_LAST_ELSEWHERE = frozenset({("transformers", "Conv1D")})
+
+
 def _module_rule(cls: type) -> int | None:
     if cls.__name__ in _CHANNELS_FIRST_NAMES:
         return FIRST
+    if (cls.__module__.partition(".")[0], cls.__name__) in _CHANNELS_LAST_ELSEWHERE:
+        return LAST
     if issubclass(cls, nn.LayerNorm):
         return NORM
     if issubclass(cls, _CHANNELS_FIRST):
@@ -224,9 +232,14 @@ def _arg(args: tuple[Any, ...], kwargs: dict[str, Any] | None, pos: int, *names:
 
 def _follow_reshape(old: torch.Size, cdim: int, new: torch.Size) -> int | None:
     """Where the channel axis went in a reshape: the axis of the same size with the same number of
-    values before it (so ``flatten(1)`` of ``[N, C, 1, 1]`` keeps C on dim 1)."""
+    values before it (so ``flatten(1)`` of ``[N, C, 1, 1]`` keeps C on dim 1); where it was split
+    into several axes (attention's heads, ``[B, T, C] -> [B, T, H, C // H]``), the innermost of
+    them, whose size stays when the number of heads changes; where it was merged with its
+    neighbours (``[B, T, H, D] -> [B, T, H * D]``, the heads put back together), the merged
+    axis. ``None`` when the reshape moves values across it otherwise."""
     before = math.prod(old[:cdim])
     size = old[cdim]
+    after = before * size
     p = 1
     for j, s in enumerate(new):
         if p == before and s == size:
@@ -234,6 +247,20 @@ def _follow_reshape(old: torch.Size, cdim: int, new: torch.Size) -> int | None:
         p *= s
         if p > before and before:
             break
+    if not after:
+        return None
+    p, first = 1, None  # p: the values before new axis j
+    for j, s in enumerate(new):
+        q = p * s
+        if p == before and first is None:
+            first = j  # a split starts here
+        if first is not None and q == after and j > first:
+            return j  # split: its innermost axis
+        if p <= before and after <= q and before % p == 0 and q % after == 0 and s != size:
+            return j  # merged: the axis holding all of it
+        if q > after:
+            break
+        p = q
     return None
 
 
@@ -311,6 +338,19 @@ def _moved(
         rest = iter(order)
         result = [r if r is not None else next(rest) for r in result]
         return result.index(cdim)
+    if name in ("unbind", "select"):  # the axis removed: its index
+        d = _arg(args, kwargs, 1, "dim")
+        d = _as_dims(0 if d is None and name == "unbind" else d, nd)
+        if not d:
+            return _UNKNOWN
+        return None if d[0] == cdim else cdim - (d[0] < cdim)
+    if name == "getitem":  # x[0], x[:, 1], x[..., :4]: integers remove their axes, slices keep them
+        index = args[1] if len(args) > 1 else None
+        index = index if isinstance(index, tuple) else (index,)
+        if any(not isinstance(i, (int, slice)) or isinstance(i, bool) for i in index) or len(index) > nd:
+            return _UNKNOWN  # None, Ellipsis, tensors, lists: left to the reshape rule
+        removed = [d for d, i in enumerate(index) if isinstance(i, int)]
+        return None if cdim in removed else cdim - sum(1 for d in removed if d < cdim)
     if name == "stack":
         d = _arg(args, kwargs, 1, "dim")
         d = 0 if d is None else d % out.ndim

@@ -298,7 +298,8 @@ _compiling = torch.compiler.is_compiling
 
 
 class OpMode(TorchFunctionMode):
-    """Calls ``on_op(func, args, kwargs, out)`` after every torch call made while it is active.
+    """Calls ``on_op(func, args, kwargs, out)`` after every torch call made while it is active that
+    returned a tensor, or a tuple or list of tensors (``split``, ``chunk``, ``unbind``).
 
     ``on_op`` must not raise; it runs with the mode off (torch pops it for the handler)."""
 
@@ -310,8 +311,11 @@ class OpMode(TorchFunctionMode):
         out = func(*args, **(kwargs or {}))
         # Inside a torch.compile'd region dynamo traces modes: there the mode only passes calls
         # through, so compiled code is not seen (and featcheck's bookkeeping never enters a graph).
-        if isinstance(out, torch.Tensor) and not _compiling():
-            self._on_op(func, args, kwargs, out)
+        if isinstance(out, torch.Tensor):
+            if not _compiling():
+                self._on_op(func, args, kwargs, out)
+        elif type(out) in (tuple, list) and out and all(isinstance(o, torch.Tensor) for o in out) and not _compiling():
+            self._on_op(func, args, kwargs, out)  # split, chunk, unbind: their tensors' channel axes
         return out
 
 

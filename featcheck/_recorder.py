@@ -151,6 +151,16 @@ _FUSED = _layout.FUSED
 _PAUSED = ("(mode paused)", False)
 
 
+def _views_an_input(out: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> bool:
+    """Is the view ``out`` a view of one of the op's tensor arguments (their storage), rather
+    than of a tensor the op computed?"""
+    base = out._base
+    for a in _layout._tensors((*args, *(kwargs or {}).values())):
+        if a is base or a._base is base:
+            return True
+    return False
+
+
 def _unsupported(t: torch.Tensor) -> str:
     """Why ``t`` cannot be reduced to statistics ('' if it can)."""
     if t.layout != torch.strided:
@@ -494,9 +504,15 @@ class Recorder:
         except Exception as e:  # never break the user's forward: say so, record nothing
             _warn(f"featcheck: an operation called by {prefix[:-1] or 'the model'!r} was not recorded: {type(e).__name__}: {e}")
 
-    def _op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, out: torch.Tensor, prefix: str) -> None:
+    def _op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, out: Any, prefix: str) -> None:
         name, inplace = _ops.name_and_inplace(func)
         tags = self._tags
+        if not isinstance(out, torch.Tensor):  # the tensors of a split, chunk or unbind: their channel axes
+            if name in _ops.SHAPE_OPS:
+                for o in out:
+                    if o.ndim >= 1:
+                        tags.set(o, _layout.op_channel_dim(name, args, kwargs, o, tags))
+            return
         if name in _ops.NOT_RECORDED:
             if name in _ops.SHAPE_OPS and out.ndim >= 1:
                 tags.set(out, _layout.op_channel_dim(name, args, kwargs, out, tags))
@@ -504,10 +520,12 @@ class Recorder:
         if args and out is args[0]:  # an in-place op: its result is recorded
             if name in _ops.DROPOUTS:
                 return  # eval-mode dropout hands its input back
-        elif not inplace and out._is_view():
+        elif not inplace and out._is_view() and _views_an_input(out, args, kwargs):
             if out.ndim >= 1:  # a view of an input, such as x.diagonal(): no new values
                 tags.set(out, _layout.op_channel_dim(name, args, kwargs, out, tags))
             return
+        # (a view of a tensor the op made itself, as einsum, tensordot and repeat_interleave hand
+        # back, and every result of a tensor subclass, is new values: recorded)
         cdim = _layout.op_channel_dim(name, args, kwargs, out, tags)
         if out.ndim == 0 or not out.is_floating_point():
             return
