@@ -207,6 +207,14 @@ def _check_args(
     checked = _check_bounds(bounds)
     override = _channel_dim_override(channel_dim)
     walk = walk or _walk.Modules(model)
+    if walk.scripted:
+        raise TypeError(
+            f"featcheck cannot inspect a model holding TorchScript modules ({', '.join(map(repr, walk.scripted[:3]))}"
+            f"{', ...' if len(walk.scripted) > 3 else ''}): scripted and traced modules run their "
+            "layers inside TorchScript, where no hook or op is seen, and keep their parameters and "
+            "buffers in registries featcheck cannot snapshot and put back. Put the eager "
+            "nn.Module you scripted or traced it from in the model instead."
+        )
     _check_keys(checked, "bounds", model, deferred, walk)
     if isinstance(channel_dim, Mapping):
         _check_keys(channel_dim, "channel_dim", model, deferred, walk)

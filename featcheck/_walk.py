@@ -41,9 +41,11 @@ class Modules:
         modules: the modules, aligned with ``names``.
         leaves: for each module, whether it has no submodule (``None`` entries do not count).
         shared: whether some module is reachable under more than one name.
+        scripted: names of TorchScript modules (scripted or traced) inside the model, whose
+            submodules are not walked (they run inside TorchScript).
     """
 
-    __slots__ = ("names", "modules", "leaves", "shared")
+    __slots__ = ("names", "modules", "leaves", "shared", "scripted")
 
     def __init__(self, model: nn.Module) -> None:
         names: list[str] = []
@@ -51,6 +53,7 @@ class Modules:
         leaves: list[bool] = []
         seen: set[int] = set()
         shared = False
+        scripted: list[str] = []
         # an explicit stack instead of named_modules()' nested generators: one frame, not one per
         # level of nesting, for each module yielded
         stack: list[tuple[str, nn.Module]] = [("", model)]
@@ -64,7 +67,9 @@ class Modules:
             modules.append(m)
             children = m._modules
             leaf = True
-            if children:
+            if type(children) is not dict and isinstance(m, torch.jit.ScriptModule):
+                scripted.append(name)  # its registries are TorchScript's, not dicts
+            elif children:
                 dot = f"{name}." if name else ""
                 for n, c in reversed(children.items()):  # popped in registration order
                     if c is not None:
@@ -75,6 +80,7 @@ class Modules:
         self.modules = modules
         self.leaves = leaves
         self.shared = shared
+        self.scripted = scripted
 
 
 def has_children(m: nn.Module) -> bool:

@@ -390,6 +390,23 @@ def test_torchscript_is_refused_clearly() -> None:
         featcheck.capture(lambda x: x, torch.randn(1))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace")
+def test_a_model_holding_torchscript_modules_is_refused_clearly_and_left_alone() -> None:
+    """A traced or scripted submodule crashed capture and watch with an internal TypeError
+    (TorchScript's registries are not dicts); now they are named, before anything runs."""
+    model = nn.Sequential(
+        nn.Linear(4, 4), torch.jit.trace(nn.Linear(4, 4), torch.randn(1, 4)), nn.Sequential(torch.jit.script(nn.ReLU()))
+    )
+    before = copy.deepcopy(model.state_dict())
+    for inspect in (lambda: featcheck.capture(model, torch.randn(2, 4)), lambda: featcheck.watch(model).__enter__()):
+        with pytest.raises(TypeError, match=r"holding TorchScript modules \('1', '2.0'\).*Put the eager nn.Module"):
+            inspect()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not torch.nn.modules.module._global_forward_hooks and not torch.nn.modules.module._global_forward_pre_hooks
+    assert len(featcheck.capture(model[0], torch.randn(2, 4))) == 1  # its eager parts still can be
+
+
 def test_bad_bounds_and_tolerance_are_rejected() -> None:
     with pytest.raises(ValueError, match="low < high"):
         featcheck.capture(models.TinyCNN(), torch.randn(1, 3, 8, 8), bounds={"relu1": (1, 0)})
