@@ -60,8 +60,13 @@ def _flatten(obj: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, to
     elif obj is None or depth >= _MAX_KEY_DEPTH:
         return
     elif isinstance(obj, Mapping):
+        seen: set[str] = set()
         for k, v in obj.items():
-            yield from _flatten(v, f"{path}[{k}]", depth + 1)
+            text = str(k)
+            if text in seen:  # keys that print alike ({1: a, "1": b}): the later one says its type
+                text = f"{text}~{type(k).__name__}"
+            seen.add(text)
+            yield from _flatten(v, f"{path}[{text}]", depth + 1)
     elif isinstance(obj, tuple) and hasattr(obj, "_fields"):
         for k in obj._fields:
             yield from _flatten(getattr(obj, k), f"{path}[{k}]", depth + 1)
@@ -279,6 +284,11 @@ class Recorder:
             self._walk = walk = walk if walk is not None else _walk.Modules(root)
             if self.ops:
                 self.module_names = dict.fromkeys(walk.names)
+                # module names that look like a repeated call (a child registered as "relu:2"):
+                # operations of that name take the marker, as for "relu" itself
+                for n in walk.names:
+                    if ":" in n:
+                        self.module_names.setdefault(n.rpartition(":")[0], None)
             kinds: dict[type, tuple[bool, Any]] = {}  # per class, asked once per capture
             for name, module, leaf in zip(walk.names, walk.modules, walk.leaves):
                 record = name in selected
@@ -584,6 +594,13 @@ class Recorder:
                 )
                 self.records[rname] = rec
                 self._new.append(rname)
+            elif rec.module_name != mname or rec.key != key:  # never merge two outputs under one name
+                _note(rec, (
+                    f"an output of {mname!r}{f' at {key}' if key else ''} would take this record's name, "
+                    f"which is {rec.module_name!r}{f' at {rec.key}' if rec.key else ''}'s: it was skipped "
+                    "(rename the module or output key that makes the names collide)"
+                ))
+                return
             elif rec.channels != channels or rec.channel_dim != cdim:
                 _note(rec, (
                     f"an output with {channels} channels on dim {cdim} was skipped: earlier "

@@ -115,6 +115,42 @@ def test_non_tensor_outputs_are_flattened_with_key_paths() -> None:
     assert isinstance(cap.output, models.Result)
 
 
+class KeysAlike(nn.Module):
+    def forward(self, x: torch.Tensor) -> dict:
+        return {1: x * 1, "1": x * 2 + 1}
+
+
+class NamedLikeARepeat(nn.Module):
+    """A child registered as ``relu:2`` beside two F.relu calls of the root."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.add_module("relu:2", nn.Sigmoid())
+        self.heads = KeysAlike()
+
+    def forward(self, x: torch.Tensor) -> dict:
+        y = nn.functional.relu(nn.functional.relu(self.lin(x)) * 2)
+        return self.heads(getattr(self, "relu:2")(y))
+
+
+def test_outputs_whose_names_would_collide_get_names_of_their_own() -> None:
+    """Two tensors under one name were merged into one record (count doubled, a mean halfway
+    between them): dict keys that print alike, and an op named like a module called ``relu:2``."""
+    torch.manual_seed(0)
+    model = NamedLikeARepeat().eval()
+    x = torch.randn(2, 4)
+    cap = featcheck.capture(model, x)
+    assert cap.names == ["lin", "relu()", "mul", "relu():2", "relu:2", "heads[1]", "heads[1~str]"]
+    assert cap["relu:2"].module_type == "Sigmoid" and cap["relu():2"].op == "relu"
+    assert all(r.stats["count"].tolist() == [2] * 4 for r in cap.values())  # one tensor each
+    with torch.no_grad():
+        out = model(x)
+    np.testing.assert_allclose(cap["heads[1~str]"].stats["mean"], out["1"].mean(0).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(cap["heads[1]"].stats["mean"], out[1].mean(0).numpy(), rtol=1e-6)
+    assert featcheck.capture(model, x, ops=False).names == ["lin", "relu:2", "heads[1]", "heads[1~str]"]
+
+
 def test_dict_outputs_of_a_segmentation_model() -> None:
     model = torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(
         weights=None, weights_backbone=None, aux_loss=True
