@@ -109,6 +109,12 @@ def check_backward_args(backward: Any, input_grad: Any) -> None:
             "input_grad=True makes the inputs require grad for the backward pass, but no "
             "backward= was given; pass backward=lambda out: <scalar loss> as well"
         )
+    if backward is not None and torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "backward= needs autograd, but capture was called inside torch.inference_mode(), "
+            "where no graph is recorded and no gradient can be computed; call capture outside "
+            "the inference_mode block (featcheck leaves grad mode as it found it)"
+        )
 
 
 def grad_inputs(args: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[torch.Tensor]]:

@@ -65,11 +65,13 @@ def closest_names(name: str, names: Iterable[str], n: int = 5) -> list[str]:
 def not_found(name: str, names: Sequence[str], where: str) -> LayerNotFoundError:
     kind = "pattern" if is_pattern(name) else "layer"
     close = closest_names(name, names)
-    hint = (
-        "Closest names: " + ", ".join(repr(c) for c in close) + "."
-        if close
-        else "Its names include " + ", ".join(repr(c) for c in list(names)[:5]) + "."
-    )
+    some = [n for n in names if n][:5]  # ('' is the root's name: no help)
+    if close:
+        hint = "Closest names: " + ", ".join(repr(c) for c in close) + "."
+    elif some:
+        hint = "Its names include " + ", ".join(repr(c) for c in some) + "."
+    else:
+        hint = "It has no names at all (nothing was recorded: did a forward pass run?)."
     return LayerNotFoundError(
         f"{kind} {name!r} matches nothing in {where}. {hint} "
         "Use exact names as model.named_modules() gives them, or fnmatch patterns "

@@ -103,6 +103,18 @@ def test_capture_lookup_of_missing_layer_names_close_matches() -> None:
         cap["conv_1"]
 
 
+def test_lookup_in_a_watch_that_saw_no_forward_says_so() -> None:
+    """Its hint listed no names ("Its names include ."), and other hints listed the root's ''."""
+    model = nn.Sequential(nn.Linear(2, 2))
+    with featcheck.watch(model) as cap:
+        pass
+    with pytest.raises(featcheck.LayerNotFoundError, match=r"has no names at all \(nothing was recorded: did a forward pass run\?\)"):
+        cap["0"]
+    from featcheck import _selection
+
+    assert "Its names include 'a', 'b'." in str(_selection.not_found("zzz", ["", "a", "b"], "m"))
+
+
 # -- outputs and layouts -------------------------------------------------------------------
 
 

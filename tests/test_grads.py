@@ -519,3 +519,12 @@ def test_a_model_checkpointed_whole_counts_one_forward_per_call(reentrant: bool)
             out = torch.utils.checkpoint.checkpoint(model, x, use_reentrant=reentrant)
             out.sum().backward()
     assert cap.forwards == 2 and all(r.forwards == 2 for r in cap.values())
+
+
+def test_backward_inside_inference_mode_is_refused_naming_inference_mode() -> None:
+    """It failed later, blaming frozen parameters or no_grad, never the user's inference_mode."""
+    model = models.TinyCNN()
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match=r"inside torch.inference_mode\(\).*call capture outside"):
+            featcheck.capture(model, torch.randn(1, 3, 8, 8), backward=loss_fn)
+        assert len(featcheck.capture(model, torch.randn(1, 3, 8, 8))) > 0  # without backward: fine
