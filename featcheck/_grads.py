@@ -118,14 +118,18 @@ def check_backward_args(backward: Any, input_grad: Any) -> None:
 
 
 def grad_inputs(args: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[torch.Tensor]]:
-    """``args`` with every floating-point tensor replaced by a leaf that requires grad (sharing
-    its storage: the user's tensor is not changed), and those leaves."""
+    """``args`` with every floating-point tensor replaced by a copy of a leaf that requires grad,
+    and those leaves (d(loss)/d(leaf) is the input's gradient). The model gets the copy, not the
+    leaf: a forward that writes its input in place (``x.sub_(mean)``) would fail on a leaf that
+    requires grad (torch refuses in-place writes to one, or to a view of one), and it leaves the
+    user's tensor as it was."""
     out, leaves = [], []
     with _quiet():
         for a in args:
             if isinstance(a, torch.Tensor) and a.is_floating_point():
-                a = a.detach().requires_grad_(True)
-                leaves.append(a)
+                leaf = a.detach().requires_grad_(True)
+                leaves.append(leaf)
+                a = leaf.clone()
             out.append(a)
     if not leaves:
         raise ValueError(

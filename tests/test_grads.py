@@ -528,3 +528,29 @@ def test_backward_inside_inference_mode_is_refused_naming_inference_mode() -> No
         with pytest.raises(RuntimeError, match=r"inside torch.inference_mode\(\).*call capture outside"):
             featcheck.capture(model, torch.randn(1, 3, 8, 8), backward=loss_fn)
         assert len(featcheck.capture(model, torch.randn(1, 3, 8, 8))) > 0  # without backward: fine
+
+
+class NormalisesInPlace(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.sub_(x.mean())  # writes its input in place
+        return self.conv(x).flatten(1)
+
+
+def test_input_grad_with_a_forward_that_writes_its_input_in_place() -> None:
+    """The inputs were leaves requiring grad, which torch refuses to write in place ("a leaf
+    Variable that requires grad is being used in an in-place operation"): the model gets copies,
+    the user's input is left as it was, and the input gradient is d(loss)/d(input)."""
+    torch.manual_seed(0)
+    model = NormalisesInPlace()
+    x = torch.randn(2, 3, 8, 8)
+    keep = x.clone()
+    cap = featcheck.capture(model, x, backward=loss_fn, input_grad=True)
+    assert torch.equal(x, keep)
+    ref = keep.clone().requires_grad_(True)
+    loss_fn(model(ref.clone())).backward()
+    torch.testing.assert_close(cap._rec.grads.inputs[0], ref.grad)  # what the batch-independence check reads
+    assert cap["conv"].grad is not None
