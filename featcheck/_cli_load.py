@@ -25,6 +25,8 @@ import ast
 import difflib
 import importlib
 import importlib.util
+import functools
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -62,13 +64,20 @@ class Loaded:
 # -- small parsers --------------------------------------------------------------------------------
 
 
-def parse_shape(text: str, what: str) -> tuple[int, ...]:
-    """``"2x3x224x224"`` to ``(2, 3, 224, 224)``; every size a positive int."""
+def parse_shape(
+    text: str, what: str, example: str = "2x3x224x224 (or a .pt file holding a tensor)", form: str = "sizes joined by 'x'"
+) -> tuple[int, ...]:
+    """``"2x3x224x224"`` to ``(2, 3, 224, 224)``; every size a positive int. ``form`` and
+    ``example`` say in the message what ``what`` takes instead of a bad ``text``."""
     parts = text.lower().split("x")
-    if not all(re.fullmatch(r"\d+", p) for p in parts) or not all(int(p) > 0 for p in parts):
+    if not all(re.fullmatch(r"\d+", p) for p in parts):
+        raise CLIError(f"{what} must be {form} such as {example}, got {text!r}")
+    zeros = [i for i, p in enumerate(parts) if int(p) == 0]
+    if zeros:
+        where = f" (size {', '.join(str(i + 1) for i in zeros)} of {len(parts)})" if len(parts) > 1 else ""
         raise CLIError(
-            f"{what} must be sizes joined by 'x' such as 2x3x224x224 (or a .pt file holding a "
-            f"tensor), got {text!r}"
+            f"{what} {text} has a size of 0{where}: such an input holds no values for the model to run "
+            f"on; give every size as 1 or more, such as {example}"
         )
     return tuple(int(p) for p in parts)
 
@@ -251,10 +260,57 @@ def _load_safely(file: str, option: str, missing: str = "", expected: str = "") 
     path = Path(file)
     if not path.is_file():
         raise CLIError(f"{option}: no file at {file}{missing}")
+    found = _not_torch_save(path)
+    if found:
+        raise CLIError(f"{option} {file} is {found}, not a file written by torch.save{expected}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CLIError(f"{option} {file} cannot be loaded with torch.load(weights_only=True){expected}: {_first_line(exc)}") from None
+        raise CLIError(
+            f"{option} {file} cannot be loaded with torch.load(weights_only=True){expected}: {_load_problem(exc)}"
+        ) from None
+
+
+# the first bytes of files people pass by mistake
+_MAGIC = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+          (b"%PDF", "a PDF document"), (b"\x93NUMPY", "a numpy .npy file"), (b"\x89HDF", "an HDF5 file"))
+
+
+def _not_torch_save(path: Path) -> str:
+    """What ``path`` holds if it cannot be a torch.save file (a zip archive since torch 1.6, a
+    pickle before), else ''."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        return f"a file that cannot be read ({exc.strerror or exc})"
+    if not head:
+        return "an empty file (0 bytes)"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return ""
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:  # (or a character cut at byte 512: then it is not called text)
+        text = ""
+    if text and "".join(text.split()).isprintable():
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        return f"text (starting {first[:40]!r})" if first else "blank text"
+    return f"binary data (starting {head[:4].hex(' ')}; neither a zip archive nor a pickle)"
+
+
+def _load_problem(exc: BaseException) -> str:
+    """What ``torch.load`` found wrong, in one line: for ``weights_only`` refusals the line that
+    names the object (torch's first lines only say that it refused and how to load unsafely)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        after = [" ".join(p.split()) for p in text.split(marker, 1)[1].split("\n\n")]
+        detail = next((p for p in after if p), "").split(". ")[0].rstrip(".")
+        return f"it holds something other than tensors and plain containers ({detail or 'no detail given'})"
+    return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
 def _load_weights(loaded: Loaded, file: str) -> None:
@@ -302,12 +358,41 @@ class ModelInput:
         shape = tuple(self.tensor.shape)
         if self.kind == "tokens":
             return [_token_ids(shape, self.vocab, seed) for seed in range(1, n + 1)]
-        return [sample_input(shape, seed=seed) for seed in range(1, n + 1)]
+        return [_allocated(functools.partial(sample_input, shape, seed=seed), shape, torch.float32, "--calibrate: a batch of")
+                for seed in range(1, n + 1)]
 
 
 def _token_ids(shape: tuple[int, ...], vocab: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, shape, generator=g)
+    return _allocated(lambda: torch.randint(0, vocab, shape, generator=g), shape, torch.int64, "--tokens")
+
+
+# what the allocator's refusals say: torch's CPU and CUDA allocators, its size arithmetic, numpy
+_ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "overflow", "cannot allocate")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+
+
+def _allocated(make: Any, shape: tuple[int, ...], dtype: torch.dtype, option: str) -> torch.Tensor:
+    """``make()``, a new tensor of ``shape`` and ``dtype`` for ``option``; memory it cannot get is
+    a CLIError saying how much was asked, not a traceback from torch's allocator."""
+    values = math.prod(shape)
+    size = values * dtype.itemsize
+    too_big = CLIError(
+        f"{option} {'x'.join(map(str, shape))} is {values:,} values of {str(dtype).removeprefix('torch.')}, "
+        f"{size:,} bytes ({_gib(size)}): more memory than this machine can give; give a smaller shape "
+        "(a smaller batch or smaller sizes)"
+    )
+    if size >= 2**63:  # more than any allocator can even be asked for
+        raise too_big
+    try:
+        return make()
+    except (RuntimeError, MemoryError) as exc:
+        if isinstance(exc, MemoryError) or any(s in str(exc).lower() for s in _ALLOCATION_FAILURES):
+            raise too_big from None
+        raise
 
 
 def make_input(
@@ -331,7 +416,8 @@ def make_input(
     from ._inputs import sample_input
 
     shape = parse_shape(shape_or_file, "--input")
-    return ModelInput(sample_input(shape), f"{shape_or_file} (normal, seed {SEED})", "shape")
+    x = _allocated(lambda: sample_input(shape), shape, torch.float32, "--input")
+    return ModelInput(x, f"{shape_or_file} (normal, seed {SEED})", "shape")
 
 
 def _images(files: Sequence[str], size: int) -> ModelInput:
@@ -351,7 +437,8 @@ def _images(files: Sequence[str], size: int) -> ModelInput:
 
 
 def _tensor_file(file: str) -> ModelInput:
-    x = _load_safely(file, "--input", missing="; give a shape such as 2x3x224x224 or a .pt file holding a tensor")
+    x = _load_safely(file, "--input", missing="; give a shape such as 2x3x224x224 or a .pt file holding a tensor",
+                     expected=" (a tensor saved with torch.save is expected; images go to --image)")
     if not isinstance(x, torch.Tensor):
         raise CLIError(f"--input {file} holds a {type(x).__name__}, not a tensor")
     if x.numel() == 0:
@@ -360,7 +447,7 @@ def _tensor_file(file: str) -> ModelInput:
 
 
 def _tokens(model: nn.Module, text: str) -> ModelInput:
-    shape = parse_shape(text, "--tokens")
+    shape = parse_shape(text, "--tokens", "16 or 2x16", "LENGTH or BATCHxLENGTH")
     if len(shape) == 1:
         shape = (2, shape[0])
     if len(shape) != 2:

@@ -3,6 +3,8 @@ per call. Imports nothing heavy: the plugin loads it at configure time."""
 
 from __future__ import annotations
 
+import math
+
 # name: (default, help)
 THRESHOLDS: dict[str, tuple[float, str]] = {
     "dead_tolerance": (
@@ -22,7 +24,41 @@ THRESHOLDS: dict[str, tuple[float, str]] = {
     ),
 }
 
+# name: (low, high, the range in words): finite and ``low <= value <= high``, except that low is
+# excluded for the names in _OPEN_LOW and high for those in _OPEN_HIGH
+RANGES: dict[str, tuple[float, float, str]] = {
+    "dead_tolerance": (0.0, math.inf, "a finite number >= 0"),
+    "max_dead_fraction": (0.0, 1.0, "a fraction in [0, 1]"),
+    "saturation_fraction": (0.0, 1.0, "a fraction in [0, 1]"),
+    "max_saturated_fraction": (0.0, 1.0, "a fraction in [0, 1]"),
+    "baseline_max_kb": (0.0, math.inf, "a finite number of KiB > 0"),
+    "saturation_tolerance": (0.0, 0.5, "a number in [0, 0.5)"),
+}
+_OPEN_LOW = {"baseline_max_kb"}  # low itself is not allowed
+_OPEN_HIGH = {"saturation_tolerance"}  # high itself is not allowed
+
 _current: dict[str, float] = {k: v for k, (v, _) in THRESHOLDS.items()}
+
+
+def check(name: str, value: float) -> float:
+    """``value`` as a float if it is in the range of threshold ``name``.
+
+    Raises:
+        KeyError: ``name`` is no threshold.
+        ValueError: ``value`` is out of range, NaN or infinite; the message states the range.
+    """
+    if name not in RANGES:
+        raise KeyError(f"unknown featcheck threshold {name!r}; known: {sorted(RANGES)}")
+    low, high, words = RANGES[name]
+    v = float(value)
+    inside = (
+        math.isfinite(v)
+        and (v > low if name in _OPEN_LOW else v >= low)
+        and (v < high if name in _OPEN_HIGH else v <= high)
+    )
+    if not inside:
+        raise ValueError(f"{name} must be {words}, got {value!r}")
+    return v
 
 
 def get(name: str, value: float | None = None) -> float:
@@ -31,10 +67,12 @@ def get(name: str, value: float | None = None) -> float:
 
 
 def set_from(values: dict[str, float]) -> dict[str, float]:
-    """Set thresholds; returns the previous values (for restoring)."""
+    """Set thresholds; returns the previous values (for restoring).
+
+    Raises:
+        KeyError, ValueError: as :func:`check`; then nothing is set.
+    """
     before = dict(_current)
-    for k, v in values.items():
-        if k not in _current:
-            raise KeyError(f"unknown featcheck threshold {k!r}; known: {sorted(_current)}")
-        _current[k] = float(v)
+    checked = {k: check(k, v) for k, v in values.items()}  # all or nothing
+    _current.update(checked)
     return before

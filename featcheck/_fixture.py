@@ -61,9 +61,11 @@ class FeatcheckFixture:
                 ``normalize``, ``select``, ...).
 
         Raises:
-            TypeError: ``x`` is none of these, ``layers`` is given for something other than a
-                Capture, or an option is unknown.
-            ValueError: ``x`` is an empty tensor, or an option value is invalid.
+            TypeError: ``x`` is none of these, a tensor that holds values but cannot be drawn
+                as it is (quantized, nested, float8), ``layers`` is given for something other
+                than a Capture, or an option is unknown.
+            ValueError: ``x`` is an empty tensor or one on the ``meta`` device (no values), or
+                an option value is invalid.
             LayerNotFoundError: a name in ``layers`` matches no layer of the capture.
 
         The arguments are checked at the call, with or without ``--featcheck``; without it
@@ -87,8 +89,10 @@ class FeatcheckFixture:
                     f"layers= chooses layers of a Capture; got a {type(x).__name__}. Pass the "
                     "Capture with layers=, or the LayerCapture or tensor without it"
                 )
-            if isinstance(x, torch.Tensor) and x.numel() == 0:
-                raise ValueError(f"show got an empty tensor of shape {tuple(x.shape)}: there is nothing to draw")
+            if isinstance(x, torch.Tensor):
+                _check_values(x, "show")
+                if x.numel() == 0:
+                    raise ValueError(f"show got an empty tensor of shape {tuple(x.shape)}: there is nothing to draw")
             if isinstance(x, _capture.Capture) and len(x):
                 x.select(layers)  # a watch may still be empty: its layers are chosen at the report
             _render.check_options("channel_grid", x, options)
@@ -217,6 +221,7 @@ def _kernel_modules(module: Any, layers: Any) -> list[tuple[str, Any]]:
     if isinstance(module, torch.Tensor):
         if layers is not None:
             raise TypeError("layers= chooses convolutions inside a module; got a weight tensor. Pass the module")
+        _check_values(module, "show_kernels", "weight")
         if module.numel() == 0:
             raise ValueError(f"show_kernels got an empty weight of shape {tuple(module.shape)}: there is nothing to draw")
         return [("weight", module)]
@@ -231,7 +236,31 @@ def _kernel_modules(module: Any, layers: Any) -> list[tuple[str, Any]]:
     if layers is not None:
         names = set(select(convs, layers, f"{type(module).__name__} convolutions"))
         convs = [(n, m) for n, m in convs if n in names]
+    for name, conv in convs:
+        if isinstance(conv.weight, torch.Tensor):
+            _check_values(conv.weight, "show_kernels", f"weight of {name or type(conv).__name__}")
     return convs
+
+
+def _check_values(t: Any, call: str, what: str = "tensor") -> None:
+    """``t`` holds values a picture can be drawn from, as it is: checked at ``call`` (``show``,
+    ``show_kernels``), since the drawing itself happens only at the report."""
+    __tracebackhide__ = True
+    shape = "x".join(map(str, t.shape)) if not t.is_nested else "nested"
+    if t.is_meta:
+        raise ValueError(
+            f"{call} got a {what} on the meta device (shape {shape}): it has a shape but no values to "
+            "draw; pass one that holds values (on the CPU or an accelerator)"
+        )
+    if t.is_quantized:
+        raise TypeError(f"{call} got a quantized {what} ({t.dtype}): pass its values as floats, x.dequantize()")
+    if t.is_nested:
+        raise TypeError(
+            f"{call} got a nested {what}: draw one of its tensors (x.unbind()[0]) or a padded copy "
+            "(x.to_padded_tensor(0.0))"
+        )
+    if call == "show" and t.is_floating_point() and t.dtype.itemsize == 1:  # (kernel grids take them)
+        raise TypeError(f"{call} got a {what} of {t.dtype}, which cannot be drawn as it is: pass x.float()")
 
 
 FIXTURE_KEY = pytest.StashKey[FeatcheckFixture]()

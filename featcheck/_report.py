@@ -175,20 +175,25 @@ def _picture(name: str, kind: str, image: Any, table: list[tuple[str, str]]) -> 
 _Drawing = tuple[str, Callable[[], _Picture]]
 
 
-def _drawings(request: _Request, without_sample: list[str]) -> list[_Drawing]:
+def _drawings(request: _Request, without_sample: dict[str, list[str]]) -> list[_Drawing]:
     """The pictures one request asks for, each as (label, draw), not drawn yet; records without
-    a sample (``keep_samples=False``) go to ``without_sample`` instead."""
+    a sample go to ``without_sample`` instead, by why they have none (``keep_samples=False``, an
+    output without values)."""
     from PIL import Image
 
     from . import _render
     from ._capture import Capture, LayerCapture
+    from ._render._maps import no_sample
+
+    def skip(lc: Any, keep_samples: bool | None = None) -> None:
+        without_sample.setdefault(no_sample(lc, keep_samples)[0], []).append(lc.name)
 
     if isinstance(request, _Flagged):
         lc, channels, check = request.lc, request.channels, request.check
         if callable(getattr(lc, "draw", None)):  # a compared pair or a changed baseline layer draws itself
             return [(lc.name, lambda: _picture(lc.name, f"flagged: {check}", *lc.draw()))]
         if lc.sample is None:
-            without_sample.append(lc.name)
+            skip(lc)
             return []
         return [(lc.name, lambda: _picture(
             lc.name, f"flagged: {check}", _render.channel_grid(lc, flagged=channels, select="energy"), _health(lc)
@@ -215,12 +220,14 @@ def _drawings(request: _Request, without_sample: list[str]) -> list[_Drawing]:
     if isinstance(x, (Capture, LayerCapture)):
         out = []
         records = x.select(request.layers) if isinstance(x, Capture) else [x]
+        # the capture's own setting, where it is known (a LayerCapture does not say)
+        keep = getattr(getattr(x, "_rec", None), "_keep_samples", None) if isinstance(x, Capture) else None
         if request.grads:
             records = [lc.grad for lc in records if lc.grad is not None]
             opts = {"normalize": "symmetric", "cmap": "RdBu_r", **opts}  # a gradient's sign matters
         for lc in records:
             if lc.sample is None:
-                without_sample.append(lc.name)
+                skip(lc, keep if isinstance(keep, bool) else None)
                 continue
             out.append((lc.name, functools.partial(
                 lambda lc: _picture(lc.name, "grid", _render.channel_grid(lc, **opts), _health(lc)), lc
@@ -240,15 +247,15 @@ def render_requests(requests: list[_Request], limit: int) -> tuple[list[_Picture
     notes: list[str] = []
     dropped = 0
     for request in requests:
-        without_sample: list[str] = []
+        without_sample: dict[str, list[str]] = {}  # why: names
         try:
             drawings = _drawings(request, without_sample)
         except Exception as exc:  # a selection that no longer holds (a watch's layers changed)
             notes.append(f"could not draw {_describe(request)}: {type(exc).__name__}: {exc}")
             drawings = []
-        if without_sample:
-            shown = ", ".join(without_sample[:8]) + (f", ... ({len(without_sample)} in all)" if len(without_sample) > 8 else "")
-            notes.append(f"no picture of {shown}: captured with keep_samples=False")
+        for why, names in without_sample.items():
+            shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+            notes.append(f"no picture of {shown}: {why}")
         for label, draw in drawings:
             if len(pictures) >= limit:
                 dropped += 1
@@ -490,6 +497,25 @@ def check_gallery_dir(directory: Path, option: str = "--featcheck-dir") -> list[
     return out
 
 
+def check_html_path(html_file: Path, given: str, directory: Path, given_dir: str) -> None:
+    """Refuse a pytest-html report (``--html``, resolved to ``html_file``) that would be written
+    over one of the gallery's own files in ``directory``: the last writer would win and the other
+    report be lost without a word.
+
+    Raises:
+        pytest.UsageError: saying which option to change. Called at the start of a run.
+    """
+    target = html_file.resolve()
+    for name in (*_OWN_FILES, MANIFEST):
+        if target == (directory / name).resolve():
+            raise pytest.UsageError(
+                f"--html={given} is the file {directory / name}, which the featcheck gallery "
+                f"(--featcheck-dir={given_dir}) writes: one report would overwrite the other. Give "
+                f"--html another file name (such as --html={Path(given).with_name('report.html')}) "
+                "or --featcheck-dir another folder."
+            )
+
+
 def write_gallery(
     directory: Path, records: list[_Record], *, sort: bool = True, title: str | None = None,
     cap_option: str = "--featcheck-max-pictures",
@@ -566,11 +592,14 @@ class ReportSession:
         self.html = bool(htmlpath)
         # pytest-html's assets folder, resolved as pytest-html resolves it; None: embed pictures
         self.assets: Path | None = None
-        if htmlpath and not getattr(config.option, "self_contained_html", False):
-            self.assets = (Path.cwd() / Path(os.path.expandvars(htmlpath)).expanduser()).parent / "assets"
+        html_file = Path.cwd() / Path(os.path.expandvars(htmlpath)).expanduser() if htmlpath else None
+        if html_file is not None and not getattr(config.option, "self_contained_html", False):
+            self.assets = html_file.parent / "assets"
         self.written: Path | None = None
         self.problem: str | None = None
         if not self.is_worker:
+            if html_file is not None:
+                check_html_path(html_file, htmlpath, self.dir, directory)
             check_gallery_dir(self.dir)
 
     def wants_pictures(self, outcome: str) -> bool:

@@ -58,10 +58,16 @@ def pytest_configure(config: pytest.Config) -> None:
     for key in _config.THRESHOLDS:
         raw = config.getini(f"featcheck_{key}")
         if raw:
+            words = _config.RANGES[key][2]
+            where = f"fix it in {config.inipath or 'the ini file'} or remove it (default {_config.THRESHOLDS[key][0]:g})"
             try:
-                values[key] = float(raw)
+                number = float(raw)
             except ValueError:
-                raise pytest.UsageError(f"ini key featcheck_{key} must be a number, got {raw!r}") from None
+                raise pytest.UsageError(f"ini key featcheck_{key} must be a number, got {raw!r} ({words}); {where}") from None
+            try:
+                values[key] = _config.check(key, number)
+            except ValueError:
+                raise pytest.UsageError(f"ini key featcheck_{key} must be {words}, got {raw!r}; {where}") from None
     config.stash[_THRESHOLDS_BEFORE] = _config.set_from(values)
     if option(config, "featcheck"):
         from ._report import ReportSession

@@ -501,6 +501,47 @@ def test_every_kind_of_bad_input_is_one_line(
 
 
 
+def test_inputs_too_big_to_allocate_zero_sizes_and_files_not_from_torch_save_are_one_line(
+    tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("hello world")
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    (tmp_path / "blank.pt").write_bytes(b"")
+    torch.save(defects.make("dead_relu", False), tmp_path / "whole.pt")
+    counting = [f"{model_file}:build", "--arg", f"log={tmp_path / 'log'}"]
+    tokens = [f"{model_file}:Tokens"]
+    cases = [
+        # 1 EiB: no machine's allocator gives it (torch's RuntimeError from inside its allocator)
+        (["inspect", *counting, "--input", "1024x1024x1024x1024x1024x256"],
+         "--input 1024x1024x1024x1024x1024x256 is 288,230,376,151,711,744 values of float32, "
+         "1,152,921,504,606,846,976 bytes (1.07e+09 GiB): more memory than this machine can give; give a smaller shape"),
+        # more bytes than torch can count
+        (["inspect", *counting, "--input", "99999999999x99999999999x99999999999"], "more memory than this machine can give"),
+        (["inspect", *tokens, "--tokens", "268435456x268435456"],
+         "--tokens 268435456x268435456 is 72,057,594,037,927,936 values of int64, 576,460,752,303,423,488 bytes"),
+        (["inspect", *counting, "--input", "0x3x8x8"], "--input 0x3x8x8 has a size of 0 (size 1 of 4): such an input holds no values"),
+        (["inspect", *tokens, "--tokens", "0"], "--tokens 0 has a size of 0: such an input holds no values for the model to run on; "
+                                                 "give every size as 1 or more, such as 16 or 2x16"),
+        (["inspect", *tokens, "--tokens", "4xa"], "--tokens must be LENGTH or BATCHxLENGTH such as 16 or 2x16, got '4xa'"),
+        (["inspect", *counting, "--input", "1x3x8x8", "--weights", "notes.txt"],
+         "--weights notes.txt is text (starting 'hello world'), not a file written by torch.save (a state dict of tensors"),
+        (["inspect", *counting, "--input", "1x3x8x8", "--weights", "photo.jpg"], "--weights photo.jpg is a JPEG image, not a file written by torch.save"),
+        (["inspect", *counting, "--input", "1x3x8x8", "--weights", "blank.pt"], "--weights blank.pt is an empty file (0 bytes), not a file written"),
+        (["inspect", *counting, "--input", "1x3x8x8", "--weights", "whole.pt"],
+         "it holds something other than tensors and plain containers (Unsupported global: GLOBAL fixtures.defects."),
+        (["inspect", *counting, "--input", "photo.jpg"], "--input photo.jpg is a JPEG image, not a file written by torch.save (a tensor "
+                                                          "saved with torch.save is expected; images go to --image)"),
+    ]
+    for args, expected in cases:
+        status, out, err = main(capsys, *args)
+        assert status == 2, (args, out, err)
+        assert out == "" and err.startswith("featcheck: error: ") and err.count("\n") == 1, (args, err)
+        assert expected in err, (args, err)
+        assert "2x3x224x224" not in err or "--input" in args, err  # --tokens gets advice of its own
+    assert not (tmp_path / "featcheck-report").exists()
+
+
 def test_compare_bad_usage_is_one_line(
     tmp_path: Path, pair_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -595,9 +636,11 @@ def test_console_script_is_main(tmp_path: Path) -> None:
 
 def test_parsers() -> None:
     assert parse_shape("2x3X224x224", "--input") == (2, 3, 224, 224)
-    for bad in ("", "2x", "2x0x3", "2x-3", "two"):
+    for bad in ("", "2x", "2x-3", "two"):
         with pytest.raises(CLIError, match="sizes joined by 'x'"):
             parse_shape(bad, "--input")
+    with pytest.raises(CLIError, match=r"--input 2x0x3 has a size of 0 \(size 2 of 3\)"):
+        parse_shape("2x0x3", "--input")
     assert parse_args_pairs(["n=10", "p=0.5", "flag=True", "t=(1, 2)", "s=hello", "e="]) == {
         "n": 10, "p": 0.5, "flag": True, "t": (1, 2), "s": "hello", "e": ""}
     with pytest.raises(CLIError, match="given twice"):

@@ -119,3 +119,53 @@ def test_a_bad_threshold_in_the_ini_file_is_a_usage_error(pytester: pytest.Pytes
     result = pytester.runpytest_subprocess()
     result.stderr.fnmatch_lines(["*featcheck_dead_tolerance must be a number, got 'tiny'*"])
     assert result.ret != 0
+
+
+@pytest.mark.parametrize(
+    "key,value,allowed",
+    [
+        ("max_dead_fraction", "2", "a fraction in [0, 1]"),
+        ("max_dead_fraction", "-1", "a fraction in [0, 1]"),
+        ("max_saturated_fraction", "nan", "a fraction in [0, 1]"),
+        ("saturation_fraction", "inf", "a fraction in [0, 1]"),
+        ("dead_tolerance", "-1e-6", "a finite number >= 0"),
+        ("dead_tolerance", "inf", "a finite number >= 0"),
+        ("saturation_tolerance", "0.5", "a number in [0, 0.5)"),
+        ("baseline_max_kb", "nan", "a finite number of KiB > 0"),
+        ("baseline_max_kb", "0", "a finite number of KiB > 0"),
+    ],
+)
+def test_an_ini_threshold_out_of_range_is_a_usage_error_before_any_test_runs(
+    pytester: pytest.Pytester, key: str, value: str, allowed: str
+) -> None:
+    pytester.makeini(f"[pytest]\nfeatcheck_{key} = {value}\n")
+    pytester.makepyfile(
+        """
+        from pathlib import Path
+
+        def test_x():
+            Path("ran").write_text("the test ran")
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    allowed = allowed.replace("[", "[[]")  # fnmatch: a literal "["
+    result.stderr.fnmatch_lines(
+        [f"*ini key featcheck_{key} must be {allowed}, got '{value}'; fix it in {pytester.path / 'tox.ini'} or remove it (default *)"]
+    )
+    assert not (pytester.path / "ran").exists()
+
+
+def test_thresholds_are_checked_before_any_is_set() -> None:
+    from featcheck import _config
+
+    for key, (default, _) in _config.THRESHOLDS.items():
+        assert _config.check(key, default) == default  # every default is in its own range
+    assert _config.check("max_dead_fraction", 1) == 1.0 and _config.check("baseline_max_kb", 0.5) == 0.5
+    before = dict(_config._current)
+    for bad in ({"max_dead_fraction": 2.0}, {"dead_tolerance": 0.5, "baseline_max_kb": float("nan")}):
+        with pytest.raises(ValueError, match=r"must be a (fraction in \[0, 1\]|finite number of KiB > 0), got"):
+            _config.set_from(bad)
+        assert _config._current == before  # all or nothing
+    with pytest.raises(KeyError, match="unknown featcheck threshold 'dead'"):
+        _config.set_from({"dead": 0.1})

@@ -318,3 +318,115 @@ def test_pytest_htmls_test_id_cell_is_its_own_without_featcheck(tester: pytest.P
         rows = report_tests(tester.path / "r.html").values()
         cells.append([c for row in rows for r in row for c in r["resultsTableRow"] if 'class="col-testId"' in c])
     assert cells[0] == cells[1] == ['<td class="col-testId">test_ids.py::test_id[<b>x</b>]</td>']
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--featcheck-dir=reports", "--html=reports/index.html"],
+        ["--featcheck-dir=reports/", "--html=./reports/../reports/summary.json"],
+        ["--html=featcheck-report/index.html"],  # the default gallery folder
+    ],
+    ids=["index", "summary", "default-dir"],
+)
+def test_an_html_report_in_place_of_a_gallery_file_is_a_usage_error_before_any_test_runs(
+    tester: pytest.Pytester, args: list[str]
+) -> None:
+    tester.makepyfile(test_x=RUNS)
+    result = tester.runpytest_subprocess("--featcheck", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    html_arg = args[-1]
+    gallery = "reports" if len(args) == 2 else "featcheck-report"
+    name = Path(html_arg).name
+    result.stderr.fnmatch_lines(
+        [f"*{html_arg} is the file {tester.path / gallery / name}, which the featcheck gallery (--featcheck-dir=*) writes: "
+         "one report would overwrite the other. Give --html another file name (such as --html=*report.html) or "
+         "--featcheck-dir another folder."]
+    )
+    assert not (tester.path / "ran").exists()
+    assert not (tester.path / gallery / name).exists()
+
+
+ZERO_BATCH = """
+import torch
+
+def test_zero_batch(featcheck):
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.ReLU())
+    featcheck.show(featcheck.capture(m, torch.randn(0, 3, 8, 8)))
+"""
+
+
+def test_a_capture_of_a_batch_of_zero_says_why_it_has_no_pictures(tester: pytest.Pytester) -> None:
+    tester.makepyfile(test_zero=ZERO_BATCH)
+    result = tester.runpytest_subprocess("--featcheck", "--html=r.html")
+    result.assert_outcomes(passed=1)
+    note = "no picture of 0, 1: the output held no values (a batch of 0)"
+    result.stdout.fnmatch_lines(["test_zero.py::test_zero_batch [[]passed[]]: 2 layers inspected, 0 pictures", f"  note: {note}"])
+    result.stdout.no_fnmatch_line("*keep_samples*")
+    summary = json.loads((tester.path / "featcheck-report" / "summary.json").read_text())
+    assert summary["tests"][0]["notes"] == [note]
+    assert f'<p class="note">{note}</p>' in (tester.path / "featcheck-report" / "index.html").read_text()
+    row = extras(report_tests(tester.path / "r.html"), "test_zero.py::test_zero_batch", "html")
+    assert [e["content"] for e in row if "featcheck-note" in e["content"]] == [
+        f'<div class="featcheck-note" style="color:#c62828">featcheck: {note}</div>'
+    ]
+
+
+NO_VALUES = """
+import warnings
+import torch
+
+def quantized(*shape):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates quantized tensors
+        return torch.quantize_per_tensor(torch.rand(*shape), 0.1, 0, torch.quint8)
+
+def test_a_meta_tensor(featcheck):
+    featcheck.show(torch.empty(2, 3, 4, 4, device="meta"))
+
+def test_a_quantized_tensor(featcheck):
+    featcheck.show(quantized(2, 3, 4, 4))
+
+def test_a_nested_tensor(featcheck):
+    featcheck.show(torch.nested.nested_tensor([torch.rand(3, 4, 4), torch.rand(3, 4, 4)]))
+
+def test_a_float8_tensor(featcheck):
+    featcheck.show(torch.rand(3, 4, 4).to(torch.float8_e4m3fn))
+
+def test_kernels_of_a_meta_module(featcheck):
+    featcheck.show_kernels(torch.nn.Conv2d(3, 4, 3, device="meta"))
+
+def test_kernels_of_a_quantized_weight(featcheck):
+    featcheck.show_kernels(quantized(4, 3, 3, 3))
+
+def test_later_tests_still_run(featcheck):
+    featcheck.show(torch.rand(3, 4, 4))
+    featcheck.show_kernels(torch.rand(4, 3, 3, 3).to(torch.float8_e4m3fn))  # kernel grids take float8
+"""
+
+
+@pytest.mark.parametrize("args", [[], ["--featcheck", "--html=r.html"]], ids=["plain", "featcheck"])
+def test_tensors_without_drawable_values_fail_at_the_call(tester: pytest.Pytester, args: list[str]) -> None:
+    tester.makepyfile(test_values=NO_VALUES)
+    result = tester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=1, failed=6)
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
+    result.stdout.fnmatch_lines_random(
+        [
+            "E*ValueError: show got a tensor on the meta device (shape 2x3x4x4): it has a shape but no values to draw; *",
+            "E*TypeError: show got a quantized tensor (torch.quint8): pass its values as floats, x.dequantize()",
+            "E*TypeError: show got a nested tensor: draw one of its tensors (x.unbind()[[]0[]]) or a padded copy*",
+            "E*TypeError: show got a tensor of torch.float8_e4m3fn, which cannot be drawn as it is: pass x.float()",
+            "E*ValueError: show_kernels got a weight of Conv2d on the meta device (shape 4x3x3x3)*",
+            "E*TypeError: show_kernels got a quantized weight (torch.quint8): pass its values as floats, x.dequantize()",
+        ]
+    )
+    for line in ('featcheck.show(torch.empty(2, 3, 4, 4, device="meta"))', "featcheck.show(quantized(2, 3, 4, 4))"):
+        result.stdout.fnmatch_lines([f">*{line}"])
+    result.stdout.no_fnmatch_line("*_fixture.py:*")
+    result.stdout.no_fnmatch_line("*note: could not draw*")
+    if args:
+        summary = json.loads((tester.path / "featcheck-report" / "summary.json").read_text())
+        assert [(t["nodeid"], len(t["pictures"]), t["notes"]) for t in summary["tests"]] == [
+            ("test_values.py::test_later_tests_still_run", 2, [])
+        ]

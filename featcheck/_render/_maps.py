@@ -88,6 +88,29 @@ def _to_2d(m: torch.Tensor, notes: list[str], depth: str, tokens: bool) -> tuple
     return (m.amax(1) if depth == "max" else m.mean(1)), False
 
 
+def no_sample(lc: Any, keep_samples: bool | None = None) -> tuple[str, str]:
+    """Why the record ``lc`` holds no rendering sample, and what to do: ``(reason, advice)``.
+
+    ``keep_samples``: the capture's setting where the caller knows it (``None``: unknown). A
+    capture keeps no sample when it was asked not to, and otherwise only when no output of the
+    layer held a value (a batch of 0, a size of 0) or none could be recorded (``lc.note`` says
+    why), or the layer has not run yet.
+    """
+    if keep_samples is not False:
+        shape = tuple(lc.shape)
+        if lc.forwards and 0 in shape:
+            batch0 = shape[0] == 0 and lc.channel_dim != 0
+            return (
+                f"the output held no values ({'a batch of 0' if batch0 else f'shape {_fmt_shape(shape)}'})",
+                "capture it with an input of at least one sample" if batch0 else "there is nothing to draw",
+            )
+        if lc.note:
+            return f"no output was recorded ({lc.note})", "see the layer's note"
+        if not lc.forwards:
+            return "the layer has not run", "run a forward pass first"
+    return "captured with keep_samples=False", "capture it again with keep_samples=True"
+
+
 def _check_source(x: Any, layout: Any, *, fn: str, capture_ok: bool = False) -> None:
     """Fail clearly, before any work, on what cannot be drawn."""
     from .._capture import Capture, LayerCapture
@@ -102,10 +125,8 @@ def _check_source(x: Any, layout: Any, *, fn: str, capture_ok: bool = False) -> 
         records = x.select(None) if isinstance(x, Capture) else [x]
         for lc in records:
             if isinstance(x, LayerCapture) and lc.sample is None:
-                raise ValueError(
-                    f"layer {lc.name!r} was captured with keep_samples=False: there is no sample "
-                    "to draw; capture it again with keep_samples=True"
-                )
+                reason, advice = no_sample(lc)
+                raise ValueError(f"layer {lc.name!r} has no sample to draw: {reason}; {advice}")
             if lc.sample is not None and lc.sample.numel() == 0:
                 raise ValueError(
                     f"layer {lc.name!r} has an empty output (shape {tuple(lc.shape)}): no channel "
