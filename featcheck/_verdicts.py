@@ -24,7 +24,8 @@ def fraction(value: Any, name: str) -> float:
     """A share in [0, 1]: ``value`` if given, else the project-wide setting ``name``."""
     v = _number(value, name, _config.get(name))
     if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
+        where = "" if value is not None else f" (the project-wide setting featcheck_{name})"
+        raise ValueError(f"{name} must be a fraction in [0, 1], got {v!r}{where}")
     return v
 
 
@@ -32,7 +33,8 @@ def tolerance(value: Any = None) -> float:
     """The dead-channel tolerance: ``value`` if given, else the project-wide setting."""
     v = _number(value, "tolerance", _config.get("dead_tolerance"))
     if v < 0:
-        raise ValueError(f"tolerance must be a number >= 0, got {value!r}")
+        where = "" if value is not None else " (the project-wide setting featcheck_dead_tolerance)"
+        raise ValueError(f"tolerance must be a number >= 0, got {v!r}{where}")
     return v
 
 

@@ -242,3 +242,14 @@ def test_calibration_is_the_cumulative_average_of_the_batches() -> None:
     np.testing.assert_allclose(
         model[0].running_mean.numpy(), torch.stack([x.mean(0) for x in xs]).mean(0).numpy(), rtol=1e-5
     )
+
+
+def test_an_out_of_range_project_setting_is_named_with_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The message quoted the per-call argument ("got None") instead of the value it checked."""
+    from featcheck import _config, _verdicts
+
+    monkeypatch.setitem(_config._current, "max_dead_fraction", 2.0)
+    with pytest.raises(ValueError, match=r"got 2\.0 \(the project-wide setting featcheck_max_dead_fraction\)"):
+        _verdicts.fraction(None, "max_dead_fraction")
+    with pytest.raises(ValueError, match=r"got 3\.0$"):
+        _verdicts.fraction(3, "max_dead_fraction")
