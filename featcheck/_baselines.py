@@ -9,11 +9,19 @@ and no references (before this was so) are read as they are.
 
 Semantics (syrupy's): a missing baseline fails and writes nothing; ``--featcheck-update`` writes
 missing and changed baselines (those checks pass and the terminal summary lists them); a file
-that cannot be read or has an unknown version fails with its path and is only ever rewritten by
-``--featcheck-update``. Every field of a file is checked when it is read, so a damaged file
-fails with its path, the field at fault and the update command. Writes are atomic (a temporary
-file renamed into place); a directory or a file standing where a baseline or its folder must go
+that cannot be read or is damaged fails with its path and is only ever rewritten by
+``--featcheck-update``; a file of a newer format version is never rewritten. Every field of a
+file is checked when it is read (types, list lengths, numbers within float range), so a damaged
+file fails with its path, the field at fault and the update command, never with an internal
+error. Writes are atomic (a temporary file renamed into place); a symbolic link is written
+through, never replaced; a directory or a file standing where a baseline or its folder must go
 is never replaced.
+
+One file per test: the name is a function of the node id without loss (see ``_stem``), and two
+tests of one session that still reach one file fail naming both (``_claim``). featcheck 0.1.0
+joined ``::`` with ``.`` first, so ``test_p[a::b]`` and ``test_p[a.b]`` shared a file; ids like
+``test_p[a::b]`` have a new name, and a file 0.1.0 wrote under the old name is read there and
+moved by ``--featcheck-update`` (``check``).
 
 The diff matches layers by name and, where names moved, by call order (a sequence alignment of
 the layers' signatures), so that an inserted block reads as one added layer and renamed followers,
@@ -23,10 +31,15 @@ not as "everything changed". Structure changes and numeric drift are reported se
 from __future__ import annotations
 
 import difflib
+import errno
+import hashlib
 import json
 import math
 import numbers
+import os
 import re
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import FeatcheckAssertionError
-from ._paths import safe_filename, write_atomic
+from ._paths import _UNSAFE, safe_filename, write_atomic
 
 FORMAT_VERSION = 1
 STAT_DIGITS = 4
@@ -134,38 +147,96 @@ class BaselineError(Exception):
     """A baseline file that cannot be used (unreadable, malformed, unknown version)."""
 
 
+class NewerBaselineError(BaselineError):
+    """A baseline of a format version above :data:`FORMAT_VERSION`: a newer featcheck wrote it, so
+    it is never rewritten (that would downgrade it), not even by ``--featcheck-update``."""
+
+
 def _show(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**15:
+        digits = len(str(abs(value)))
+        return f"{str(value)[:13 if value < 0 else 12]}...({digits} digits)"
     text = json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+_FLOAT_MAX = sys.float_info.max
+_RANGE_NOTE = "numbers must be finite and within float range; NaN and infinity are stored as null"
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_count(v: Any) -> bool:
+    """A non-negative int that converts to a float (an int of 400 digits does not)."""
+    return _is_int(v) and 0 <= v <= _FLOAT_MAX
+
+
 def _is_number(v: Any) -> bool:
-    """A finite JSON number (``bool`` is an ``int`` in Python, but not here)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A JSON number that converts to a finite float (``bool`` is an ``int`` in Python, but not
+    here). Comparing an int with a float is exact in Python, so a huge int is refused, not
+    converted (``float(10**400)`` raises OverflowError); NaN fails every comparison."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and -_FLOAT_MAX <= v <= _FLOAT_MAX
 
 
 def _is_fraction(v: Any) -> bool:
     return v is None or (_is_number(v) and 0 <= v <= 1)
 
 
-def _is_number_list(v: Any) -> bool:
-    return isinstance(v, list) and all(x is None or _is_number(x) for x in v)
+def _first_non_number(v: list[Any]) -> int | None:
+    """The index of the first item of ``v`` that is neither a number nor null."""
+    return next((i for i, x in enumerate(v) if not (x is None or _is_number(x))), None)
+
+
+def _number_list_problem(key: str, v: Any, expected: str, length: int | None = None) -> str | None:
+    """What is wrong with a list of numbers or nulls (None if nothing): its type, its length, or
+    the first item at fault, with its index."""
+    if not isinstance(v, list) or (length is not None and len(v) != length):
+        return f"'{key}' must be {expected}, found {_show(v)}"
+    bad = _first_non_number(v)
+    if bad is None:
+        return None
+    item = v[bad]
+    if isinstance(item, (int, float)) and not isinstance(item, bool):  # out of range, or NaN
+        return f"'{key}' must be {expected}, found {_show(item)} at index {bad} ({_RANGE_NOTE})"
+    whole = _show(v)
+    if not whole.endswith("..."):
+        return f"'{key}' must be {expected}, found {whole}"
+    return f"'{key}' must be {expected}, found {_show(item)} at index {bad}"
 
 
 _LAYER_FIELDS: dict[str, tuple[Any, str]] = {
     "name": (lambda v: isinstance(v, str), "a string"),
     "module_type": (lambda v: isinstance(v, str), "a string"),
-    "shape": (lambda v: isinstance(v, list) and all(x is None or (_is_int(x) and x >= 0) for x in v),
+    "shape": (lambda v: isinstance(v, list) and all(x is None or _is_count(x) for x in v),
               "a list of non-negative ints and nulls"),
     "dtype": (lambda v: isinstance(v, str), "a string"),
-    "stride": (lambda v: v is None or _is_number_list(v), "null or a list of numbers"),
-    "channels": (lambda v: _is_int(v) and v >= 0, "a non-negative int"),
-    "params": (lambda v: v is None or (_is_int(v) and v >= 0), "null or a non-negative int"),
+    "stride": (lambda v: v is None or isinstance(v, list), "null or a list of numbers"),
+    "channels": (_is_count, "a non-negative int"),
+    "params": (lambda v: v is None or _is_count(v), "null or a non-negative int"),
 }
+
+
+def _check_stride(stride: list[Any] | None, shape: list[Any]) -> str | None:
+    """What is wrong with a layer's ``stride`` (None if nothing): one number per spatial dimension,
+    i.e. per dimension of ``shape`` other than batch and channels (null where the output has
+    none; an entry is null where the output's size was 0, an infinite stride). A layer whose
+    channel axis was set to the batch dim has one spatial dimension more."""
+    if stride is None:
+        return None
+    problem = _number_list_problem("stride", stride, "null or a list of numbers")
+    if problem:
+        return problem
+    spatial = [n for n in (len(shape) - 2, len(shape) - 1) if n >= 1]
+    if not spatial:
+        return f"'stride' must be null for shape {_show(shape)} (no spatial dimensions), found {_show(stride)}"
+    if len(stride) not in spatial:
+        return (
+            f"'stride' must be null or a list of {spatial[0]} numbers or nulls (one per spatial dimension of "
+            f"shape {_show(shape)}), found {_show(stride)}"
+        )
+    return None
 
 
 def _check_stats(st: Any, channels: int, earlier: dict[str, dict[str, Any]]) -> str | None:
@@ -183,9 +254,10 @@ def _check_stats(st: Any, channels: int, earlier: dict[str, dict[str, Any]]) -> 
             return f"'stats.same_as' names {ref!r}, which has {target['channels']} channels, not {channels}"
         return None
     for key in ("mean", "std"):
-        v = st.get(key)
-        if not _is_number_list(v) or len(v) != channels:
-            return f"'stats.{key}' must be a list of {channels} numbers or nulls (one per channel), found {_show(v)}"
+        expected = f"a list of {channels} numbers or nulls (one per channel)"
+        problem = _number_list_problem(f"stats.{key}", st.get(key), expected, channels)
+        if problem:
+            return problem
     for key in ("dead_fraction", "saturated_fraction"):
         if key not in st or not _is_fraction(st[key]):
             return f"'stats.{key}' must be null or a number from 0 to 1, found {_show(st.get(key))}"
@@ -199,6 +271,11 @@ def _validate(doc: Any) -> None:
     version = doc["featcheck_baseline"]
     if not _is_int(version):
         raise BaselineError(f"has 'featcheck_baseline': {_show(version)}, which is not a format version number")
+    if version > FORMAT_VERSION:
+        raise NewerBaselineError(
+            f"has format version {_show(version)}; this featcheck reads version {FORMAT_VERSION}: it was written "
+            "by a newer featcheck"
+        )
     if version != FORMAT_VERSION:
         raise BaselineError(f"has format version {version}; this featcheck reads version {FORMAT_VERSION}")
     for key, ok, expected in (
@@ -225,6 +302,9 @@ def _validate(doc: Any) -> None:
             if key not in layer or not ok(layer[key]):
                 found = _show(layer[key]) if key in layer else "nothing"
                 raise BaselineError(f"is malformed: {where}: '{key}' must be {expected}, found {found}")
+        problem = _check_stride(layer["stride"], layer["shape"])
+        if problem:
+            raise BaselineError(f"is malformed: {where}: {problem}")
         if layer["name"] in earlier:
             raise BaselineError(f"is malformed: {where}: the name appears twice")
         if "stats" in layer or doc["stats"]:
@@ -248,7 +328,7 @@ def parse(text: str) -> dict[str, Any]:
     """:func:`load` without the file: JSON text to a validated document."""
     try:
         doc = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: lists nested thousands deep
         raise BaselineError(f"cannot be read as JSON ({e.__class__.__name__}: {e})") from None
     _validate(doc)
     by_name: dict[str, dict[str, Any]] = {}
@@ -278,9 +358,11 @@ def _fmt_shape(shape: list[Any]) -> str:
 
 
 def _fmt_stride(stride: list[Any] | None) -> str:
+    """``2``, ``2x4``; a null entry is an output of size 0 there (an infinite stride)."""
     if stride is None:
         return "-"
-    return "x".join(f"{s:g}" for s in stride) if len(set(stride)) > 1 else f"{stride[0]:g}"
+    shown = ["inf" if s is None else f"{s:g}" for s in stride]
+    return "x".join(shown) if len(set(shown)) > 1 else "".join(shown[:1]) or "-"
 
 
 def _describe(e: dict[str, Any]) -> str:
@@ -378,6 +460,18 @@ def _drift(
     if not so or not sn or old["channels"] != new["channels"]:
         return []
     out = []
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e308 - (-1e308) is inf: drift, not a warning
+        out += _channel_drift(so, sn, rtol, atol)
+    for key, label in (("dead_fraction", "dead channels"), ("saturated_fraction", "saturated channels")):
+        x, y = so.get(key), sn.get(key)
+        if x is not None and y is not None and abs(x - y) > 1e-9:
+            c = old["channels"]
+            out.append(f"{label} {round(x * c)}/{c} -> {round(y * c)}/{c}")
+    return out
+
+
+def _channel_drift(so: dict[str, Any], sn: dict[str, Any], rtol: float, atol: float) -> list[str]:
+    out = []
     for key in ("mean", "std"):
         a = np.array([np.nan if v is None else v for v in so[key]], dtype=np.float64)
         b = np.array([np.nan if v is None else v for v in sn[key]], dtype=np.float64)
@@ -391,11 +485,6 @@ def _drift(
             worst = np.argsort(-np.nan_to_num(excess, nan=0.0), kind="stable")[:3]
             shown = ", ".join(f"ch {i} {a[i]:.4g} -> {b[i]:.4g}" for i in worst if over[i])
             out.append(f"{key}: {int(over.sum())}/{len(a)} channels, worst {shown}")
-    for key, label in (("dead_fraction", "dead channels"), ("saturated_fraction", "saturated channels")):
-        x, y = so.get(key), sn.get(key)
-        if x is not None and y is not None and abs(x - y) > 1e-9:
-            c = old["channels"]
-            out.append(f"{label} {round(x * c)}/{c} -> {round(y * c)}/{c}")
     return out
 
 
@@ -444,14 +533,145 @@ def render_diff(diff: Diff, path: str, rtol: float, atol: float, command: str | 
 # -- files -----------------------------------------------------------------------------------------
 
 
+def _test_id(nodeid: str) -> str:
+    """A node id without its file part: ``[Class::]test[params]``. The file part depends on the
+    rootdir pytest picked; the folder of a baseline stands for its test file."""
+    return nodeid.split("::", 1)[1] if "::" in nodeid else nodeid
+
+
+def _old_stem(test_id: str) -> str:
+    """featcheck 0.1.0's name: ``::`` turned into ``.``, then sanitised. Not one name per test:
+    ``test_p[a::b]`` and ``test_p[a.b]`` both became ``test_p_a.b_-1831475a``."""
+    return safe_filename(test_id.replace("::", "."), 100)
+
+
+def _stem(test_id: str) -> str:
+    """One name per test id. Where ``::`` only separates class and test names and ``.`` appears
+    in none of them (every test function and method, parametrized or not, unless its parameter
+    id holds ``::``), the dotted form tells the id apart from any other, so it keeps featcheck
+    0.1.0's name and existing baselines stay valid. Any other id takes a hash of the id itself
+    after a ``+``, a character 0.1.0's names never hold."""
+    head, _, params = test_id.partition("[")
+    if "." not in head and "::" not in params:
+        return _old_stem(test_id)
+    readable = _UNSAFE.sub("_", test_id.replace("::", ".")).lstrip(".") or "_"
+    digest = hashlib.sha1(test_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{readable[:83]}+{digest}"
+
+
+def _file_name(stem: str, name: str | None) -> str:
+    return f"{stem}.{safe_filename(name, 40)}.json" if name is not None else f"{stem}.json"
+
+
 def baseline_path(test_file: Path, nodeid: str, name: str | None) -> Path:
-    """``__featcheck__/<module>/<test, class and parametrize id sanitised>[.<name>].json``."""
-    parts = nodeid.split("::")
-    test = ".".join(parts[1:]) if len(parts) > 1 else parts[0]
-    stem = safe_filename(test, 100)
-    if name is not None:
-        stem += "." + safe_filename(name, 40)
-    return test_file.parent / "__featcheck__" / safe_filename(test_file.stem, 80) / f"{stem}.json"
+    """``__featcheck__/<module>/<test, class and parametrize id sanitised>[.<name>].json``; one
+    file per test id (see :func:`_stem`)."""
+    folder = test_file.parent / "__featcheck__" / safe_filename(test_file.stem, 80)
+    return folder / _file_name(_stem(_test_id(nodeid)), name)
+
+
+# Which test checked each baseline file in this process (one pytest session, or one xdist
+# worker): its real path -> (node id, path as named, whether that test reached it through a link
+# of its own: the file, its module folder or ``__featcheck__`` is a symbolic link).
+_CLAIMS: dict[str, tuple[str, str, bool]] = {}
+
+
+def _claim(path: Path, nodeid: str, display_path: str, command: str) -> str | None:
+    """Record that ``nodeid`` checks the baseline at ``path``. Two tests whose baselines are one
+    file fail here, naming both: with ``--featcheck-update`` the later would silently overwrite
+    the earlier's. Links are the exception: tests whose baselines link to one file share it on
+    purpose; the node id of the test that checked it first is returned, and that file is then
+    never written for another test."""
+    __tracebackhide__ = True
+    named = os.path.abspath(path)
+    real = os.path.realpath(path)
+    via_link = any(p.is_symlink() for p in (path, path.parent, path.parent.parent))
+    first, first_named, first_via_link = _CLAIMS.setdefault(real, (nodeid, named, via_link))
+    if first_named == named and _test_id(first) == _test_id(nodeid):
+        return None  # the same test (its node id may start elsewhere when another rootdir was picked)
+    if via_link or first_via_link:
+        return first
+    raise FeatcheckAssertionError(
+        f"featcheck baseline {display_path} is also the baseline of {first}, checked earlier in this session: "
+        f"two tests cannot share one file (with --featcheck-update the later would overwrite the earlier's). "
+        f"Nothing was written. Give one of them another parametrize id or test name, or its check_baseline a "
+        f"name= of its own; then run: {command}"
+    )
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _target(path: Path, display_path: str, command: str) -> Path:
+    """Where a baseline is written: the file itself, or, for a symbolic link, the file it points
+    to (the link stays; a file shared through links stays shared)."""
+    __tracebackhide__ = True
+    if not path.is_symlink():
+        return path
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise FeatcheckAssertionError(
+                f"featcheck baseline {display_path} is a symbolic link in a loop (it never reaches a file); "
+                f"featcheck never replaces it. Point it at a file or remove it, then run: {command}"
+            ) from None
+    return Path(os.path.realpath(path))
+
+
+def _owner(doc: dict[str, Any]) -> str:
+    return _test_id(doc["test"])
+
+
+def _read(path: Path) -> tuple[dict[str, Any] | None, BaselineError | None]:
+    try:
+        return load(path), None
+    except BaselineError as e:
+        return None, e
+
+
+def _displaced_owner(path: Path, doc: dict[str, Any] | None, test_id: str, name: str | None) -> str | None:
+    """The test whose baseline ``doc`` (at ``path``, this test's file) is because featcheck 0.1.0
+    gave both tests this name, where they have names of their own now (None if it is not so). A
+    file another test wrote under a name this test never shared (a copy) is not meant."""
+    if doc is None or doc["name"] != name:
+        return None
+    owner = _owner(doc)
+    if owner == test_id:
+        return None
+    if path.name == _file_name(_old_stem(owner), name) != _file_name(_stem(owner), name):
+        return owner
+    return None
+
+
+def _move(src: Path, dst: Path) -> None:
+    """Rename ``src`` (a file or a link) to ``dst`` in one folder, never replacing a file there
+    (FileExistsError): two workers moving one file cannot overwrite what the other wrote."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except (OSError, NotImplementedError):  # no hard links here
+        if _present(dst):
+            raise FileExistsError(errno.EEXIST, "File exists", str(dst)) from None
+        os.replace(src, dst)
+        return
+    os.unlink(src)
+
+
+def _move_baseline(src: Path, dst: Path, display_path: str, command: str) -> None:
+    """Move a baseline and the pictures beside it (``.png``) to their new name."""
+    __tracebackhide__ = True
+    try:
+        _move(src, dst)
+        if src.with_suffix(".png").is_file() and not _present(dst.with_suffix(".png")):
+            _move(src.with_suffix(".png"), dst.with_suffix(".png"))
+    except OSError as e:
+        raise FeatcheckAssertionError(
+            f"featcheck baseline {display_path} could not be moved to {dst.name} ({e.__class__.__name__}: "
+            f"{e.strerror or e}); it was left as it is. Make its folder writable, then run: {command}"
+        ) from None
 
 
 def _blocking_file(path: Path) -> Path | None:
@@ -464,10 +684,15 @@ def _blocking_file(path: Path) -> Path | None:
 
 
 def _write(path: Path, text: str, display_path: str, command: str) -> None:
+    """Write ``text`` to ``path`` atomically; a symbolic link is written through (see
+    :func:`_target`)."""
     __tracebackhide__ = True
+    target = _target(path, display_path, command)
     try:
-        write_atomic(path, text.encode(), durable=True)
+        write_atomic(target, text.encode(), durable=True)
     except OSError as e:
+        if target != path:
+            display_path = f"{display_path} (a link to {target})"
         raise FeatcheckAssertionError(
             f"featcheck baseline {display_path} could not be written ({e.__class__.__name__}: "
             f"{e.strerror or e}); any existing file was left as it is. Make its folder writable, "
@@ -521,8 +746,15 @@ def check(
     grads: bool = False,
     pictures: bool = False,
 ) -> str | None:
-    """Compare (or, with ``update``, write) one baseline. Returns 'written' / 'updated' / None.
-    With ``pictures`` a visual baseline is kept beside it (see ``featcheck._visual_baselines``)."""
+    """Compare (or, with ``update``, write) one baseline. Returns what was written, for the
+    terminal summary ('written', 'updated', 'rewritten (replaced an invalid file, ...)', 'moved
+    from <old name> to'...), or None. With ``pictures`` a visual baseline is kept beside it (see
+    ``featcheck._visual_baselines``).
+
+    A baseline featcheck 0.1.0 wrote under this test's old name (see :func:`_stem`) is compared
+    there, and moved to the new name by ``update``; a file at this test's name that holds another
+    test's baseline because 0.1.0 gave both that name fails, and ``update`` moves it to that
+    test's new name first."""
     __tracebackhide__ = True
     for arg, value in (("rtol", rtol), ("atol", atol)):
         if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value < math.inf:
@@ -543,31 +775,101 @@ def check(
             "or pass stats=False to guard the architecture only."
         )
     _check_place(path, display_path, command)
+    shared_with = _claim(path, nodeid, display_path, command)
+    _target(path, display_path, command)  # a link that leads to itself fails here
     from ._visual_baselines import Pictures
 
-    pics = Pictures(records, path, display_path, command) if pictures else None
-    if not path.exists():
+    test_id = _test_id(nodeid)
+    source, source_display = path, display_path  # the file compared: the baseline, or its old name
+    moved_from = ""
+    note = ""  # for the terminal summary
+    hint = ""  # for the failure of a missing baseline
+    old_doc, problem = _read(path) if path.exists() else (None, None)
+    owner = _displaced_owner(path, old_doc, test_id, name)
+    if owner is not None:  # featcheck 0.1.0 stored another test's baseline under this test's name
+        owner_path = path.with_name(_file_name(_stem(owner), name))
+        owner_nodeid = f"{nodeid.split('::', 1)[0]}::{owner}" if "::" in nodeid else owner
+        if not update:
+            raise FeatcheckAssertionError(
+                f"featcheck baseline {display_path} holds the baseline of {owner}, not of this test: featcheck "
+                f"0.1.0 gave both tests this file name. It was left as it is.\n"
+                f"Move it to {owner}'s own file and write this test's with: {command} {shlex.quote(owner_nodeid)}"
+            )
+        if _present(owner_path):
+            raise FeatcheckAssertionError(
+                f"featcheck baseline {display_path} holds an old copy of the baseline of {owner} (featcheck 0.1.0 "
+                f"gave both tests this file name), which has a file of its own now, {owner_path.name}. It was left "
+                f"as it is. Delete it if that copy is not needed, then run: {command}"
+            )
+        _move_baseline(path, owner_path, display_path, command)
+        note = f" ({owner}'s baseline, which featcheck 0.1.0 had stored here, was moved to {owner_path.name})"
+        old_doc = None
+    elif not _present(path):
+        old = path.with_name(_file_name(_old_stem(test_id), name))
+        old_display = os.path.join(os.path.dirname(display_path), old.name)
+        doc, _ = _read(old) if old != path and old.is_file() else (None, None)
+        if doc is not None and _owner(doc) == test_id and doc["name"] == name:
+            # written by featcheck 0.1.0 under a name that did not tell this test from another
+            if update:
+                _move_baseline(old, path, old_display, command)
+                moved_from = old.name
+            else:
+                source, source_display = old, old_display
+            old_doc = doc
+        elif doc is not None:
+            hint = (
+                f" ({old_display}, featcheck 0.1.0's name for it, holds the baseline of {_owner(doc)}, which had "
+                "the same name there)"
+            )
+
+    def done(what: str | None) -> str | None:
+        if moved_from:
+            return f"{what + ' and ' if what else ''}moved from {moved_from} to"
+        return what
+
+    def refuse_shared(diff_text: str = "") -> FeatcheckAssertionError:
+        where = f"is a link to {os.readlink(path)}, which" if path.is_symlink() else "is linked to by another baseline that"
+        return FeatcheckAssertionError(
+            f"{diff_text}featcheck baseline {display_path} {where} {shared_with} also checked in this session; "
+            f"writing it would change that test's baseline. It was left as it is. Give this test a baseline of "
+            f"its own (replace the link with a file), then run: {command}"
+        )
+
+    pics = Pictures(records, source, source_display, command) if pictures else None
+    if old_doc is None and problem is None:
         if update:
+            if shared_with is not None:
+                raise refuse_shared()
             _write(path, text, display_path, command)
             if pics is not None:
                 pics.write()
-            return "written"
+            return "written" + note
+        missing = "does not exist"
+        if path.is_symlink():
+            missing = f"is a link to {os.readlink(path)}, which does not exist"
         raise FeatcheckAssertionError(
-            f"featcheck baseline {display_path} does not exist; nothing was written.\n"
+            f"featcheck baseline {display_path} {missing}{hint}; nothing was written.\n"
             f"Create it with: {command}"
         )
-    try:
-        old_doc = load(path)
-    except BaselineError as e:
+    if problem is not None:
+        if isinstance(problem, NewerBaselineError):  # never downgraded, not even by an update
+            raise FeatcheckAssertionError(
+                f"featcheck baseline {display_path} {problem}. It was left as it is.\n"
+                f"Upgrade featcheck to check against it, or delete it and write a version {FORMAT_VERSION} "
+                f"baseline with: {command}"
+            )
         if update:
+            if shared_with is not None:
+                raise refuse_shared()
             _write(path, text, display_path, command)
             if pics is not None:
                 pics.write()
-            return "updated"
+            return f"rewritten (replaced an invalid file, which {problem})"
         raise FeatcheckAssertionError(
-            f"featcheck baseline {display_path} {e}. It was left as it is.\n"
+            f"featcheck baseline {display_path} {problem}. It was left as it is.\n"
             f"Rewrite it from this capture with: {command}"
-        ) from None
+        )
+    assert old_doc is not None
     compared = new_doc
     if has_ops and not old_doc.get("ops", False):
         # a module-only baseline keeps guarding module records only
@@ -575,15 +877,17 @@ def check(
         compared = document([layer_entry(lc, stats) for lc in module_records], nodeid, name, stats)
     diff = compare(old_doc, compared, rtol, atol, stats and old_doc["stats"])
     if not diff.structural and not diff.drift:
-        return pics.check(update) if pics is not None else None
+        return done(pics.check(update) if pics is not None else None)
     if update:
+        if shared_with is not None:
+            raise refuse_shared(render_diff(diff, display_path, rtol, atol, None) + "\n")
         _write(path, text, display_path, command)
         if pics is not None:
             pics.write()
-        return "updated (now with op records)" if compared is not new_doc else "updated"
+        return done("updated (now with op records)" if compared is not new_doc else "updated")
     by_name = {lc.name: lc for lc in records}
     touched = [y["name"] for y in diff.added] + [y["name"] for _, y, _ in diff.changed] + [n for n, _ in diff.drift]
     flagged: list[tuple[Any, list[int], str]] = [(by_name[n], [], "baseline") for n in dict.fromkeys(touched) if n in by_name]
     if pics is not None:
         flagged = pics.flagged(flagged, diff)
-    raise FeatcheckAssertionError(render_diff(diff, display_path, rtol, atol, command), flagged)
+    raise FeatcheckAssertionError(render_diff(diff, source_display, rtol, atol, command), flagged)

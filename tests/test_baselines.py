@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,7 +135,7 @@ def test_init_change_is_drift_only_and_stats_false_passes(accepted: pytest.Pytes
     "content,message",
     [
         ("{not json", "cannot be read as JSON"),
-        ('{"featcheck_baseline": 99, "layers": []}', "has format version 99; this featcheck reads version 1"),
+        ('{"featcheck_baseline": 0, "layers": []}', "has format version 0; this featcheck reads version 1"),
         ('{"layers": []}', "is not a featcheck baseline"),
     ],
 )
@@ -240,3 +241,201 @@ def test_sample_input_is_deterministic_and_leaves_the_global_rng_alone() -> None
     assert torch.equal(a, torch.randn(2, 3, 4, 4, generator=g))
     with pytest.raises(ValueError, match="positive ints"):
         featcheck.sample_input((2, 0))
+
+
+# -- file names: one per test ---------------------------------------------------------------------
+
+COLLIDING = """
+import torch, pytest
+from torch import nn
+
+@pytest.mark.parametrize("v", [pytest.param(1, id="a::b"), pytest.param(2, id="a.b")][::ORDER])
+def test_p(featcheck, v):
+    torch.manual_seed(v)
+    m = nn.Sequential(*[nn.Conv2d(3, 3, 1) for _ in range(v)])
+    featcheck.check_baseline(featcheck.capture(m, featcheck.sample_input((2, 3, 8, 8))))
+"""
+SHARED_OLD_NAME = "test_p_a.b_-1831475a.json"  # featcheck 0.1.0's name for both ids; now test_p[a.b]'s
+
+
+def has_lines(result: pytest.RunResult, *texts: str) -> None:
+    """Each text is part of a line of the output, literally (fnmatch_lines reads ``[a.b]`` as a
+    set of characters)."""
+    for text in texts:
+        assert any(text in line for line in result.outlines), f"{text!r} is not in the output:\n{result.stdout.str()}"
+
+
+def test_ids_that_differ_only_in_colons_and_dots_get_their_own_files(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(test_x=COLLIDING.replace("ORDER", "1"))
+    update = run(pytester, monkeypatch, "--featcheck-update")
+    update.assert_outcomes(passed=2)
+    folder = pytester.path / "__featcheck__" / "test_x"
+    files = sorted(p.name for p in folder.iterdir())
+    assert len(files) == 2 and SHARED_OLD_NAME in files
+    update.stdout.fnmatch_lines([f"baseline written __featcheck__/test_x/{name}" for name in files])
+    tests = {json.loads((folder / name).read_text())["test"] for name in files}
+    assert tests == {"test_x.py::test_p[a::b]", "test_x.py::test_p[a.b]"}
+    run(pytester, monkeypatch).assert_outcomes(passed=2)
+    run(pytester, monkeypatch, "-n", "2").assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize("order", [1, -1], ids=["owner-first", "owner-last"])
+def test_a_file_two_ids_shared_under_the_old_names_is_moved_to_its_test_on_update(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, order: int
+) -> None:
+    pytester.makepyfile(test_x=COLLIDING.replace("ORDER", str(order)))
+    run(pytester, monkeypatch, "--featcheck-update").assert_outcomes(passed=2)
+    folder = pytester.path / "__featcheck__" / "test_x"
+    shared = folder / SHARED_OLD_NAME
+    (own,) = [p for p in folder.iterdir() if p != shared]
+    # as featcheck 0.1.0 left it: both tests wrote the shared name, test_p[a::b] last
+    own.replace(shared)
+    content = shared.read_text()
+    check = run(pytester, monkeypatch)
+    check.assert_outcomes(passed=1, failed=1)  # test_p[a::b] finds its baseline under the old name
+    has_lines(
+        check,
+        f"FeatcheckAssertionError: featcheck baseline __featcheck__/test_x/{SHARED_OLD_NAME} holds the "
+        "baseline of test_p[a::b], not of this test: featcheck 0.1.0 gave both tests this file name. It was left as it is.",
+        "Move it to test_p[a::b]'s own file and write this test's with: pytest --featcheck-update 'test_x.py::test_p[a.b]' 'test_x.py::test_p[a::b]'",
+    )
+    assert shared.read_text() == content and not own.exists()  # a check changes nothing
+    update = run(pytester, monkeypatch, "--featcheck-update")
+    update.assert_outcomes(passed=2)
+    if order == 1:  # test_p[a::b] first: it takes its file along
+        has_lines(update, f"baseline moved from {SHARED_OLD_NAME} to __featcheck__/test_x/{own.name}",
+                  f"baseline written __featcheck__/test_x/{SHARED_OLD_NAME}")
+    else:  # test_p[a.b] first: it moves the other's file out of its way
+        has_lines(update, f"baseline written (test_p[a::b]'s baseline, which featcheck 0.1.0 had stored here, was moved "
+                          f"to {own.name}) __featcheck__/test_x/{SHARED_OLD_NAME}")
+    assert own.read_text() == content  # moved, not lost
+    assert json.loads(shared.read_text())["test"] == "test_x.py::test_p[a.b]"
+    run(pytester, monkeypatch).assert_outcomes(passed=2)
+
+
+def test_two_tests_of_a_session_that_map_to_one_file_fail_naming_both(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ids cut to one readable prefix whose 8 hex digits of hash agree: one file name for both
+    first, second = "x" * 95 + "165984", "x" * 95 + "228684"
+    pytester.makepyfile(
+        test_c=f"""
+        import torch, pytest
+        from torch import nn
+
+        @pytest.mark.parametrize("v", [pytest.param(1, id="{first}"), pytest.param(2, id="{second}")])
+        def test_p(featcheck, v):
+            torch.manual_seed(v)
+            featcheck.check_baseline(featcheck.capture(nn.Conv2d(3, v, 1), featcheck.sample_input((2, 3, 8, 8))))
+        """
+    )
+    for args in (["--featcheck-update"], []):
+        result = run(pytester, monkeypatch, *args)
+        result.assert_outcomes(passed=1, failed=1)
+        has_lines(
+            result,
+            f"featcheck baseline __featcheck__/test_c/test_p_{'x' * 84}-1e5bfe99.json is also the baseline of "
+            f"test_c.py::test_p[{first}], checked earlier in this session: two tests cannot share one file (with "
+            "--featcheck-update the later would overwrite the earlier's). Nothing was written.",
+        )
+    (file,) = (pytester.path / "__featcheck__" / "test_c").iterdir()
+    assert json.loads(file.read_text())["test"] == f"test_c.py::test_p[{first}]"  # never overwritten by the second
+
+
+# -- damaged and foreign files --------------------------------------------------------------------
+
+
+def _damage_stride(doc: dict) -> None:
+    doc["layers"][0]["stride"] = []
+
+
+def _damage_mean(doc: dict) -> None:
+    doc["layers"][0]["stats"]["mean"][3] = 10**400
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (_damage_stride, "is malformed: layer 0 ('0'): 'stride' must be null or a list of 2 numbers or nulls (one per "
+                         "spatial dimension of shape [null, 8, 16, 16]), found []"),
+        (_damage_mean, "is malformed: layer 0 ('0'): 'stats.mean' must be a list of 8 numbers or nulls (one per "
+                       "channel), found 100000000000...(401 digits) at index 3 (numbers must be finite and within "
+                       "float range; NaN and infinity are stored as null)"),
+    ],
+    ids=["empty-stride", "huge-mean"],
+)
+def test_a_damaged_field_fails_naming_it_and_update_replaces_the_file(
+    accepted: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, damage: Any, message: str
+) -> None:
+    good = (accepted.path / BASELINE).read_text()
+    doc = json.loads(good)
+    damage(doc)
+    bad = json.dumps(doc)
+    (accepted.path / BASELINE).write_text(bad)
+    result = run(accepted, monkeypatch)
+    result.assert_outcomes(failed=1)
+    has_lines(result, f"FeatcheckAssertionError: featcheck baseline {BASELINE} {message}. It was left as it is.")
+    for crash in ("IndexError", "OverflowError", "internal error"):
+        result.stdout.no_fnmatch_line(f"*{crash}*")
+    assert (accepted.path / BASELINE).read_text() == bad
+    update = run(accepted, monkeypatch, "--featcheck-update")
+    update.assert_outcomes(passed=1)
+    has_lines(update, f"baseline rewritten (replaced an invalid file, which {message}) {BASELINE}")
+    assert (accepted.path / BASELINE).read_text() == good
+    run(accepted, monkeypatch).assert_outcomes(passed=1)
+
+
+def test_featcheck_diff_of_a_damaged_baseline_is_a_usage_error(
+    accepted: pytest.Pytester, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featcheck import _cli
+
+    doc = json.loads((accepted.path / BASELINE).read_text())
+    _damage_mean(doc)
+    (accepted.path / "bad.json").write_text(json.dumps(doc))
+    monkeypatch.chdir(accepted.path)
+    capsys.readouterr()
+    status = _cli.main(["diff", "bad.json", str(BASELINE)])
+    out, err = capsys.readouterr()
+    assert (status, out) == (2, "")
+    assert err.startswith("featcheck: error: baseline bad.json is malformed: layer 0 ('0'): 'stats.mean' must be a list of 8 numbers")
+
+
+def test_a_baseline_of_a_newer_format_is_never_overwritten(accepted: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = json.loads((accepted.path / BASELINE).read_text())
+    doc["featcheck_baseline"] = 2
+    doc["layers"][0]["a_field_of_version_2"] = [1, 2]
+    newer = json.dumps(doc)
+    (accepted.path / BASELINE).write_text(newer)
+    for args in ([], ["--featcheck-update"]):
+        result = run(accepted, monkeypatch, *args)
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines([
+            f"E*featcheck baseline {BASELINE} has format version 2; this featcheck reads version 1: it was written by a "
+            "newer featcheck. It was left as it is.",
+            "E*Upgrade featcheck to check against it, or delete it and write a version 1 baseline with: "
+            "pytest --featcheck-update test_suite.py::test_backbone",
+        ])
+        assert (accepted.path / BASELINE).read_text() == newer
+
+
+ZERO_SIZE = """
+import os, torch
+from torch import nn
+
+class Empty(nn.Module):
+    def forward(self, x):
+        return x[:, :, :0]
+
+def test_z(featcheck):
+    layers = [nn.Conv2d(3, 4, 1)] + ([] if os.environ.get("CH") else [Empty()])
+    featcheck.check_baseline(featcheck.capture(nn.Sequential(*layers), featcheck.sample_input((1, 3, 8, 8))))
+"""
+
+
+def test_a_layer_of_zero_size_has_an_infinite_stride_in_the_diff(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(test_zero=ZERO_SIZE)
+    run(pytester, monkeypatch, "--featcheck-update").assert_outcomes(passed=1)
+    doc = json.loads((pytester.path / "__featcheck__/test_zero/test_z.json").read_text())
+    assert doc["layers"][1]["stride"] == [None, 1.0]  # 8 / 0 is stored as null
+    result = run(pytester, monkeypatch, CH="1")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["E*- removed  1  Empty  4x0x8  stride infx1  params 0"])

@@ -3,6 +3,7 @@ in the way, a read-only folder. featcheck fails clearly and never deletes what i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -124,3 +125,79 @@ def test_a_read_only_folder_under_update_fails_with_the_path_and_leaves_the_file
     result.stdout.fnmatch_lines([f"E*featcheck baseline {BASELINE} could not be written (PermissionError: Permission denied); any existing file was left as it is. Make its folder writable, then run: {COMMAND}"])
     assert (pytester.path / BASELINE).read_text() == before
     assert temporaries(folder) == []
+
+
+LINKED = """
+import json
+import os, torch
+from torch import nn
+
+def make(var):
+    torch.manual_seed(0)
+    return nn.Conv2d(3, 4, 3, stride=int(os.environ.get(var, "1")))
+
+def test_a(featcheck):
+    featcheck.check_baseline(featcheck.capture(make("SA"), featcheck.sample_input((1, 3, 8, 8))))
+
+def test_b(featcheck):
+    featcheck.check_baseline(featcheck.capture(make("SB"), featcheck.sample_input((1, 3, 8, 8))))
+"""
+
+
+def run_linked(pt: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *args: str, **env: str) -> pytest.RunResult:
+    for k in ("SA", "SB"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return pt.runpytest_subprocess("-p", "no:cacheprovider", *args)
+
+
+def link_to_shared(pt: pytest.Pytester, *tests: str) -> Path:
+    """The baselines of ``tests`` become links to one file, ``shared/conv.json`` (test_a's)."""
+    folder = pt.path / "__featcheck__" / "test_linked"
+    shared = pt.path / "shared" / "conv.json"
+    shared.parent.mkdir()
+    shutil.copy(folder / "test_a.json", shared)
+    for test in tests:
+        (folder / f"{test}.json").unlink()
+        (folder / f"{test}.json").symlink_to(Path("../../shared/conv.json"))
+    return shared
+
+
+def test_update_writes_through_a_linked_baseline_and_keeps_the_link(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(test_linked=LINKED)
+    run_linked(pytester, monkeypatch, "--featcheck-update").assert_outcomes(passed=2)
+    shared = link_to_shared(pytester, "test_a")
+    link = pytester.path / "__featcheck__" / "test_linked" / "test_a.json"
+    run_linked(pytester, monkeypatch).assert_outcomes(passed=2)
+    run_linked(pytester, monkeypatch, SA="2").assert_outcomes(passed=1, failed=1)
+    update = run_linked(pytester, monkeypatch, "--featcheck-update", SA="2")
+    update.assert_outcomes(passed=2)
+    update.stdout.fnmatch_lines(["baseline updated __featcheck__/test_linked/test_a.json"])
+    assert link.is_symlink() and os.readlink(link) == "../../shared/conv.json"
+    assert json.loads(shared.read_text())["layers"][0]["shape"] == [None, 4, 3, 3]  # the target, not a copy
+    assert temporaries(shared.parent) == [] and temporaries(link.parent) == []
+    run_linked(pytester, monkeypatch, SA="2").assert_outcomes(passed=2)
+
+
+def test_two_tests_linked_to_one_file_share_it_but_never_overwrite_each_other(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_linked=LINKED)
+    run_linked(pytester, monkeypatch, "--featcheck-update").assert_outcomes(passed=2)
+    shared = link_to_shared(pytester, "test_a", "test_b")
+    before = shared.read_text()
+    run_linked(pytester, monkeypatch).assert_outcomes(passed=2)  # one expectation, checked by both
+    run_linked(pytester, monkeypatch, "--featcheck-update").assert_outcomes(passed=2)
+    update = run_linked(pytester, monkeypatch, "--featcheck-update", SB="2")
+    update.assert_outcomes(passed=1, failed=1)
+    update.stdout.fnmatch_lines([
+        "E*featcheck baseline __featcheck__/test_linked/test_b.json differs from this capture",
+        "E*featcheck baseline __featcheck__/test_linked/test_b.json is a link to *shared/conv.json, which "
+        "test_linked.py::test_a also checked in this session; writing it would change that test's baseline. It was "
+        "left as it is. Give this test a baseline of its own (replace the link with a file), then run: "
+        "pytest --featcheck-update test_linked.py::test_b",
+    ])
+    assert shared.read_text() == before
+    for test in ("test_a", "test_b"):
+        assert (pytester.path / "__featcheck__" / "test_linked" / f"{test}.json").is_symlink()

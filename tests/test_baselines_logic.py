@@ -86,10 +86,18 @@ DAMAGE = [
     ("layers.1.stats", {"same_as": "zz"}, "'stats.same_as' must name an earlier layer with its own statistics, found \"zz\""),
     ("layers.0.stats", {"same_as": "b"}, "'stats.same_as' must name an earlier layer"),
     ("layers.1.stats", {"same_as": "a", "mean": []}, "'stats' with 'same_as' must hold only a layer name"),
+    ("layers.0.stride", [], "layer 0 ('a'): 'stride' must be null or a list of 2 numbers or nulls (one per spatial dimension of shape [null, 2, 8, 8]), found []"),
+    ("layers.0.stride", [2.0, 2.0, 2.0, 2.0], "'stride' must be null or a list of 2 numbers or nulls (one per spatial dimension"),
+    ("layers.0.stride", [10**400, 2.0], "'stride' must be null or a list of numbers, found 100000000000...(401 digits) at index 0 (numbers must be finite"),
+    ("layers.0.shape", [None], "'stride' must be null for shape [null] (no spatial dimensions), found [2.0, 2.0]"),
+    ("layers.0.stats.mean", [0.5, 10**400], "'stats.mean' must be a list of 2 numbers or nulls (one per channel), found 100000000000...(401 digits) at index 1 (numbers must be finite and within float range; NaN and infinity are stored as null)"),
+    ("layers.0.stats.std", [-(10**309), 1.0], "'stats.std' must be a list of 2 numbers or nulls (one per channel), found -100000000000...(310 digits) at index 0"),
+    ("layers.0.params", 10**400, "layer 0 ('a'): 'params' must be null or a non-negative int, found 100000000000...(401 digits)"),
+    ("layers.0.channels", 10**400, "'channels' must be a non-negative int, found 100000000000...(401 digits)"),
 ]
 
 
-@pytest.mark.parametrize("path,value,message", DAMAGE, ids=[f"{p}={'deleted' if v is DELETE else json.dumps(v)}" for p, v, _ in DAMAGE])
+@pytest.mark.parametrize("path,value,message", DAMAGE, ids=[f"{p}={'deleted' if v is DELETE else json.dumps(v)[:20]}" for p, v, _ in DAMAGE])
 def test_every_field_is_validated(path: str, value: Any, message: str) -> None:
     with pytest.raises(B.BaselineError) as info:
         B.parse(json.dumps(damaged(path, value)))
@@ -187,3 +195,55 @@ def test_version_1_files_with_six_digits_still_compare_equal() -> None:
     old = entry("a", channels=2, mean=[0.123456, 98.7654], std=[1.23456e-05, 1.0])
     new = entry("a", channels=2, mean=[0.1235, 98.77], std=[1.235e-05, 1.0])
     assert B.compare(doc(old), doc(new), 1e-4, 0.0, True).drift == []
+
+
+def test_a_newer_format_is_its_own_error_and_an_older_one_is_damage() -> None:
+    with pytest.raises(B.NewerBaselineError, match="has format version 2; this featcheck reads version 1: it was written by a newer featcheck"):
+        B.parse(json.dumps(damaged("featcheck_baseline", 2)))
+    with pytest.raises(B.BaselineError, match="has format version 0; this featcheck reads version 1") as info:
+        B.parse(json.dumps(damaged("featcheck_baseline", 0)))
+    assert not isinstance(info.value, B.NewerBaselineError)
+
+
+def test_nesting_too_deep_for_the_json_reader_is_unreadable_json() -> None:
+    with pytest.raises(B.BaselineError, match="cannot be read as JSON"):
+        B.parse("[" * 100_000)
+
+
+def test_stride_of_an_empty_dimension_shows_as_infinite() -> None:
+    assert B._fmt_stride([None, 1.0]) == "infx1" and B._fmt_stride([None, None]) == "inf"
+    assert B._fmt_stride([2.0, 2.0]) == "2" and B._fmt_stride(None) == "-"
+
+
+def test_drift_at_the_ends_of_the_float_range_raises_no_warning() -> None:
+    import warnings
+
+    old = entry("a", channels=2, mean=[1e308, -1e308], std=[1e308, 1.0])
+    new = entry("a", channels=2, mean=[-1e308, 1e308], std=[1e308, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lines = B._drift(old, new, 1e-2, 1e-4)
+    assert lines == ["mean: 2/2 channels, worst ch 0 1e+308 -> -1e+308, ch 1 -1e+308 -> 1e+308"]
+
+
+def old_name(nodeid: str) -> str:
+    """featcheck 0.1.0's file name of a baseline without name=."""
+    from featcheck._paths import safe_filename
+
+    parts = nodeid.split("::")
+    return safe_filename(".".join(parts[1:]) if len(parts) > 1 else parts[0], 100) + ".json"
+
+
+def test_file_names_tell_every_node_id_apart_and_keep_the_old_names_where_those_did() -> None:
+    from pathlib import Path
+
+    kept = ["t.py::test_a", "t.py::TestC::test_m", "t.py::test_p[1-x.y]", "t.py::TestC::test_m[a/b]",
+            "t.py::TestC::Inner::test_m[a.b]", "t.py::test_p[" + "x" * 300 + "]"]
+    new = ["t.py::test_p[a::b]", "t.py::TestC::test_m[a::b]", "t.py::TestC.test_m[a.b]", "t.py::t.x"]
+    names = {i: B.baseline_path(Path("t.py"), i, None).name for i in kept + new}
+    assert len(set(names.values())) == len(names)
+    assert {i: names[i] for i in kept} == {i: old_name(i) for i in kept}  # existing files keep working
+    assert all("+" in names[i] and len(names[i]) <= 105 for i in new)
+    # the folder stands for the test file: the rootdir pytest picked does not change the name
+    assert B.baseline_path(Path("tests/t.py"), "tests/t.py::test_p[a::b]", "stem") == B.baseline_path(Path("tests/t.py"), "t.py::test_p[a::b]", "stem")
+    assert B.baseline_path(Path("tests/t.py"), "t.py::test_p[a::b]", "stem").name.endswith(".stem.json")
