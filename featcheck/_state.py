@@ -224,7 +224,7 @@ class _Copies:
                     n = shape.numel()  # as it was: a tensor resized since must not shift the others
                     copy = flat[pos : pos + n].view(shape)
                     pos += n
-                    if _version(t) != version or not _unchanged(t, copy, stride, ptr == ptr_now):
+                    if not _still(t, version, copy, stride, ptr == ptr_now):
                         out.append((t, version, copy, stride, ptr == ptr_now))
         return out
 
@@ -253,9 +253,19 @@ class _Copies:
         ):
             copy = raw[pos : pos + size].clone().view(dtype).view(shape)
             pos += size
-            if _version(t) != version or not _unchanged(t, copy, None, ptr == ptr_now):
+            if not _still(t, version, copy, None, ptr == ptr_now):
                 out.append((t, version, copy, None, ptr == ptr_now))
         return out
+
+
+def _still(t: torch.Tensor, version: int | None, copy: torch.Tensor, stride: tuple[int, ...] | None, same_ptr: bool) -> bool:
+    """Is ``t`` as the snapshot left it (its version, layout and bits)? One that cannot be compared
+    counts as changed: putting it back writes its saved values and version, harmless where they
+    are its own, and one tensor must not keep the others from being compared."""
+    try:
+        return _version(t) == version and _unchanged(t, copy, stride, same_ptr)
+    except Exception:
+        return False
 
 
 def _unchanged(t: torch.Tensor, copy: torch.Tensor, stride: tuple[int, ...] | None, same_ptr: bool) -> bool:
@@ -505,6 +515,8 @@ class ModelState:
                 continue
             if version is not None and _set_version is not None:
                 _set_version((t,), (version,))
+        if not versions_same:
+            self._report_written()
         if _ptrs(self._loose) != self._loose_ptrs:
             self._check_loose()
         if self.unrestorable:
@@ -594,14 +606,20 @@ class ModelState:
                 d[k] = v  # tensor attributes rebound (or a non-tensor that became one)
 
     def _restore_flags(self) -> None:
-        """Graph membership, ``requires_grad``, and in-place writes to tensors without a copy."""
+        """Graph membership and ``requires_grad``."""
         for t, version, requires_grad in zip(self._tensors, self._versions, self._requires_grad):
             if not t.is_leaf:
                 t.detach_()  # an in-place op with autograd on made it part of a graph
             if t.requires_grad != requires_grad:
                 t.requires_grad_(requires_grad)
+
+    def _report_written(self) -> None:
+        """torch.nn layers' parameters written in place (no copy to put them back from), read
+        after the copies were put back: a buffer that views a parameter, put back, puts the
+        parameter back too, with the version counter they share."""
+        for t, version in zip(self._tensors, self._versions):
             if id(t) not in self._copied and version is not None and _version(t) != version:
-                self._report(t)  # a torch.nn layer's parameter written in place: no copy
+                self._report(t)
 
 
 def _first_line(e: BaseException) -> str:
@@ -615,8 +633,9 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.dtype != torch.bool:
         try:
             a, b = a.view(torch.uint8), b.view(torch.uint8)
-        except RuntimeError:  # a conjugate or negative view: its bytes are not its values
-            a, b = a.resolve_conj().resolve_neg().view(torch.uint8), b.resolve_conj().resolve_neg().view(torch.uint8)
+        except RuntimeError:  # a conjugate or negative view, whose bytes are not its values, or a
+            # strided one (arange(8.)[::2]), whose bytes cannot be viewed: copies of their values
+            a, b = (x.resolve_conj().resolve_neg().contiguous().view(torch.uint8) for x in (a, b))
     return bool(torch.equal(a, b))
 
 

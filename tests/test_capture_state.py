@@ -619,3 +619,58 @@ def test_a_torch_nn_parameter_whose_data_is_rebound_or_storage_freed_is_reported
     assert "other.weight" not in cap.note and "lin.bias" not in cap.note and model.other.weight._version == untouched
     assert model.lin.weight is weight  # the Parameter object kept (its registration restored nothing)
 
+
+
+class StridedBuffers(nn.Module):
+    """Two 1-D buffers with a stride of 2 beside a BatchNorm: their bytes cannot be viewed."""
+
+    def __init__(self, through_data: bool) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(4)
+        self.register_buffer("a", torch.arange(8.0)[::2])
+        self.register_buffer("b", torch.arange(8.0)[::2])
+        self.through_data = through_data
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (self.a.data if self.through_data else self.a).add_(1)
+        return self.bn(x)
+
+
+@pytest.mark.parametrize("through_data", [False, True])
+def test_a_strided_buffer_is_compared_and_keeps_no_other_buffer_from_being_put_back(snapshot_loops: str, through_data: bool) -> None:
+    """Comparing a 1-D buffer of stride 2 raised ("stride(-1) must be 1 to view Float as Byte"),
+    and that one error cancelled the restore of every buffer: BatchNorm's running statistics after
+    a train=True capture were left as the forward made them."""
+    model = StridedBuffers(through_data)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    strides = {k: v.stride() for k, v in model.state_dict().items()}  # (a clone of a[::2] is contiguous)
+    versions = {k: v._version for k, v in model.named_buffers()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "could not be compared" warning either
+        featcheck.capture(model, torch.randn(8, 4), train=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and v.stride() == strides[k], k
+    assert model.b._version == versions["b"]  # untouched: never written
+
+
+class BufferViewsAWeight(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("row", self.lin.weight.detach()[0])  # a view of the weight's first row
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.row.add_(1)  # writes the weight through the buffer
+        return self.lin(x)
+
+
+def test_a_weight_put_back_through_a_buffer_that_views_it_is_not_reported(snapshot_loops: str) -> None:
+    """The weight's version was read (and reported: "not restored: lin.weight", with a warning to
+    reload a state_dict) before the buffer's copy put it back, values and shared version."""
+    model = BufferViewsAWeight()
+    weight, version = model.lin.weight.detach().clone(), model.lin.weight._version
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cap = featcheck.capture(model, torch.randn(2, 4))
+    assert torch.equal(model.lin.weight, weight) and model.lin.weight._version == version
+    assert cap.note == ""
