@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._baselines import BaselineError, Diff, _check_place
+from ._baselines import BaselineError, Diff, _check_place, _target
 from ._errors import FeatcheckAssertionError
 from ._paths import write_atomic
 
@@ -54,8 +54,9 @@ class Pictures:
     def write(self) -> None:
         __tracebackhide__ = True
         _check_place(self.path, self.display, self.command)
+        target = _target(self.path, self.display, self.command)  # a symbolic link is written through, as the JSON's
         try:
-            write_atomic(self.path, self.data, durable=True)
+            write_atomic(target, self.data, durable=True)
         except OSError as e:
             raise FeatcheckAssertionError(
                 f"featcheck baseline pictures {self.display} could not be written ({e.__class__.__name__}: "

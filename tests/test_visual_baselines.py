@@ -98,3 +98,25 @@ def test_truncated_or_foreign_files_are_refused_saying_so() -> None:
     Image.new("L", (4, 4)).save(buf, format="png")
     with pytest.raises(ValueError, match="not a featcheck pictures file"):
         _diff.decode_pictures(buf.getvalue())
+
+
+def test_update_writes_through_linked_pictures_and_keeps_the_link(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pictures file was replaced by a regular file on update, leaving the shared one stale,
+    while the JSON beside it was written through its link."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.delenv("PERTURB", raising=False)
+    pytester.makepyfile(test_suite=SUITE)
+    run = pytester.runpytest_subprocess
+    run("-p", "no:cacheprovider", "--featcheck-update").assert_outcomes(passed=1)
+    png = pytester.path / PNG
+    shared = pytester.path / "shared" / "visual.png"
+    shared.parent.mkdir()
+    shared.write_bytes(png.read_bytes())
+    png.unlink()
+    png.symlink_to(Path("../../shared/visual.png"))
+    before = shared.read_bytes()
+    run("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    monkeypatch.setenv("PERTURB", "1")
+    run("-p", "no:cacheprovider", "--featcheck-update").assert_outcomes(passed=1)
+    assert png.is_symlink() and shared.read_bytes() != before  # the target written, the link kept
+    run("-p", "no:cacheprovider").assert_outcomes(passed=1)
