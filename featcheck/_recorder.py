@@ -243,6 +243,7 @@ class Recorder:
         self._input_size: tuple[int, ...] | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._depth = 0
+        self._alone = 0  # module calls running outside a forward of the model (see _alone_done)
         self._exc_at_start: BaseException | None = None
         # operations: the module frames of the forward in progress and the mode that sees calls
         self.ops = ops
@@ -293,12 +294,13 @@ class Recorder:
             for name, module, leaf in zip(walk.names, walk.modules, walk.leaves):
                 record = name in selected
                 hooked = record or (leaf and module is not root)
-                if hooked or self.ops or module is root:
-                    cls = type(module)
-                    kind = kinds.get(cls)
-                    if kind is None:
-                        kind = kinds[cls] = _kind(cls)
-                    entries[id(module)] = _Entry(name, module, leaf, record, hooked, self.ops, module is root, kind)
+                # every module, hooked or not: a submodule run on its own is one call from its
+                # pre-hook to its post-hook, children included (see _alone_done)
+                cls = type(module)
+                kind = kinds.get(cls)
+                if kind is None:
+                    kind = kinds[cls] = _kind(cls)
+                entries[id(module)] = _Entry(name, module, leaf, record, hooked, self.ops, module is root, kind)
             self._entries = entries
             if self.ops:
                 self._mode = _ops.OpMode(self._on_op)
@@ -331,8 +333,12 @@ class Recorder:
                 return  # another model's module, or compiled code
             if e.root and self._start(module):
                 return  # a forward pass of the model begins (the root calling itself is one call within it)
-            if not ops or not self._depth:
-                return  # no stack of modules without ops, nor outside a forward of the model
+            if not self._depth:  # a submodule run on its own (an encoder in a generation loop)
+                if _graph_task() == _NO_TASK:  # (not recomputed by a backward pass: see _start)
+                    self._alone += 1
+                return  # no stack of modules outside a forward of the model
+            if not ops:
+                return  # no stack of modules without ops
             frames.append(e.frame)
             mode = self._mode
             if e.pauses and self._mode_on and mode is not None:
@@ -389,6 +395,8 @@ class Recorder:
                     self._mode_on = True
                 if e.root:
                     self._finish(args, rest[0] if len(rest) == 2 else {}, out)
+                elif not self._depth:
+                    self._alone_done()
 
         return post
 
@@ -410,8 +418,19 @@ class Recorder:
                         self._record(base + key, module, name, k, key, t, args, e)
             elif isinstance(out, torch.Tensor):
                 self._tags.set(out, _layout.channel_dim(module, args, out, self._tags, e.rule))
-        if not self._depth:
-            self._commit()  # a submodule called on its own, outside a forward of the model
+
+    def _alone_done(self) -> None:
+        """A module call outside a forward of the model returned: when it was the outermost one
+        (the submodule run on its own, not one of its children), what it recorded is committed
+        and its call counters restart, as after a forward, so that a submodule run on its own
+        many times keeps its names (``encoder.layer.0``, not ``...:2``, ``...:3``)."""
+        self._alone -= 1
+        if self._alone <= 0:
+            self._alone = 0
+            with _quiet():
+                self._commit()
+            self._calls.clear()
+            self._tags.clear()
 
     def _mode_off(self) -> None:
         if self._mode_on and self._mode is not None:
@@ -426,6 +445,7 @@ class Recorder:
         while self._handles:
             self._handles.pop().remove()
         self._entries = {}
+        self._alone = 0
         self._walk = None  # it holds every module, which a capture kept after its test must not keep alive
         self._tags.clear()
         if self._depth:

@@ -463,6 +463,29 @@ def test_inside_watch_a_submodule_run_on_its_own_is_recorded_and_another_model_i
 
 
 
+def test_a_submodule_run_on_its_own_many_times_keeps_its_names() -> None:
+    """Call counters restarted only with a forward of the model: a submodule run on its own three
+    times became ``conv1``, ``conv1:2``, ``conv1:3`` (a generation loop made a record per step),
+    each covering one call. Now each run on its own is its own transaction, like a forward: its
+    names are those of a forward, and its records count every run."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    xs = [torch.randn(2, 64, 8, 8) for _ in range(3)]
+    with featcheck.watch(model, ops=False) as cap:
+        model(torch.randn(2, 3, 32, 32))
+        for x in xs:
+            model.layer1(x)  # a block of the model run on its own, with a module called twice in it
+    names = set(cap.names)
+    assert not any(n.endswith((":3", ":4")) for n in names) and "layer1.0.relu:2" in names
+    assert cap["layer1.0.conv1"].forwards == 4 and cap["layer1.0.relu:2"].forwards == 4
+    assert cap["conv1"].forwards == 1 and cap.forwards == 1
+    with torch.no_grad():
+        first = model.layer1[0].conv1(torch.cat(xs))
+    assert cap["layer1.0.conv1"].samples == 2 + 6
+    assert float(cap["layer1.0.conv1"].stats["max"].max()) >= float(first.max())
+    assert no_hooks(model)
+
+
 def test_a_copy_or_signature_taken_inside_a_captured_forward_sees_the_model_as_it_is() -> None:
     import inspect
 
