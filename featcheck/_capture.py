@@ -34,11 +34,8 @@ from torch import nn
 
 from . import _grads, _ops, _selection, _walk
 from ._records import Capture, LayerCapture
-from ._recorder import Recorder
+from ._recorder import Recorder, _quiet
 from ._state import ModelState, preserved_rng
-
-# featcheck's own torch calls are seen by no torch function mode, the user's or its own.
-_quiet = torch._C.DisableTorchFunction
 
 __all__ = ["Capture", "LayerCapture", "capture", "select_modules", "unwrap", "watch"]
 

@@ -148,7 +148,7 @@ _quiet = torch._C.DisableTorchFunction
 _compiling = torch.compiler.is_compiling
 # The backward pass (graph task) running in this thread, or _NO_TASK.
 _graph_task = torch._C._current_graph_task_id
-_NO_TASK = -1
+_NO_TASK = _grads._NO_TASK
 
 # torch's fused modules: an active mode switches off their fast paths and changes their output.
 _FUSED = _layout.FUSED
