@@ -239,3 +239,40 @@ def test_the_fast_paths_mean_stays_within_min_and_max() -> None:
     assert not _stats.exact_first(x.numel(), x.shape, 1, False)  # the fast path's map
     block = _stats.reduce(x, 1)
     assert block[_stats.ROWS.index("mean"), 0] == np.float32(0.1) and block[_stats.ROWS.index("sd"), 0] == 0.0
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (8, 40, 7, 7),  # rows of 49: six vectors of 8 and one value left per row
+        (3, 20, 14, 14),  # rows of 196: the pairs of vectors, one more vector, four values left
+        (2, 24, 8),  # rows of exactly one vector
+        (2, 17, 255),  # the longest short row
+        (2, 17, 256),  # the shortest long row (a row at a time)
+        (700, 4, 12),  # 8400 values per channel: the float32 partial sums flushed within a channel
+    ],
+)
+def test_chanfast_short_rows_a_channel_at_a_time_match_the_exact_kernel(shape) -> None:
+    """Rows under 256 values are reduced a channel at a time with the lanes kept across its rows
+    (``chan_avx2``); the block matches the exact kernel's (counts, min and max exactly; the mean
+    and sd to float32 rounding of the partial sums), special channels included, and the sample its
+    pass copies is the first sample's values at the offsets."""
+    x = hard_map(shape, seed=sum(shape))
+    x[:, 13:] += 5.0  # channels whose mean is far from 0, as a BatchNorm's with a bias
+    a, c = shape[0], shape[1]
+    b = x[0, 0].numel()
+    data = x.reshape(a, c, b).numpy()
+    out = np.full((len(_stats.ROWS), c), 7.0)
+    offsets = np.array([0, b // 3, b - 1], dtype=np.int64)
+    sample = bytearray(c * len(offsets) * 4)
+    _stats._fast.chanfast(data, a, c, b, out, 0, c, sample, offsets)
+    want = kernel_block(x, None)
+    n, mean, sd, mn, mx = (_stats.ROWS.index(k) for k in ("n", "mean", "sd", "min", "max"))
+    counts = [i for i, k in enumerate(_stats.ROWS) if k in ("n", "zeros", "nonfinite", "at_lower", "at_upper")]
+    np.testing.assert_array_equal(out[counts], want[counts])
+    np.testing.assert_array_equal(out[[mn, mx]], want[[mn, mx]])
+    scale = np.where(want[n] > 0, np.maximum(np.abs(want[mn]), np.abs(want[mx])), 0.0)
+    assert (np.abs(out[mean] - want[mean]) <= 1e-6 * scale).all(), (out[mean], want[mean])
+    np.testing.assert_allclose(out[sd], want[sd], rtol=1e-5, atol=0)
+    got_sample = np.frombuffer(sample, dtype=np.float32).reshape(c, len(offsets))
+    np.testing.assert_array_equal(got_sample, data[0][:, offsets])
