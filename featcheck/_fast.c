@@ -119,14 +119,7 @@ static void chan_avx2(const float *p, Py_ssize_t a_n, Py_ssize_t stride, Py_ssiz
             s0 = _mm256_add_ps(s0, u); q0 = _mm256_fmadd_ps(u, u, q0);
             n0 = _mm256_add_ps(n0, _mm256_and_ps(_mm256_cmp_ps(u, zero, _CMP_NEQ_UQ), one));
         }
-        for (i = wide; i < b_n; i++) {  /* the row's last values */
-            float v = r[i];
-            st->mn = v < st->mn ? v : st->mn;
-            st->mx = v > st->mx ? v : st->mx;
-            st->s += v;
-            st->q += (double)v * v;
-            st->nz += (v != 0.0f);
-        }
+        row_scalar(r + wide, b_n - wide, st);  /* the row's last values */
         pending += wide;
         if (pending >= 4096 || a == a_n - 1) {
             st->s += hsum(_mm256_add_ps(s0, s1));
