@@ -635,7 +635,7 @@ class Recorder:
                 dtype is torch.float32 and t.is_cpu and t.layout is torch.strided and self._on_output is None
                 and _KERNEL is not None and 0 < (numel := t.numel())
                 and (numel <= _stats._EXACT_ALL or _stats.exact_first(numel, shape, cdim, rec.bounds is not None))
-                and t.is_contiguous() and not t.is_nested
+                and t.is_contiguous()  # (nested tensors returned above)
             ):
                 thr = self._thr.get(rname)
                 if thr is None:
